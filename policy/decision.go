@@ -1,0 +1,72 @@
+package policy
+
+import (
+	"net/netip"
+
+	"github.com/sockd-ng/sockd/grammar"
+)
+
+// Reply is the outcome of a decision in legacy SOCKS4 terms (sockd.conf(5),
+// Replies). relay maps it to SOCKS5 REP codes.
+type Reply uint8
+
+const (
+	Granted       Reply = 90
+	Rejected      Reply = 91
+	IdentDown     Reply = 92 // identd could not be asked, under ?=I
+	IdentMismatch Reply = 93 // identd reports another user
+)
+
+// Hook is a shell command that a decision asks to run: a rule's ": command",
+// #NO_IDENTD: or #BAD_ID:. Template is the text before % expansion.
+type Hook struct {
+	Source   string // FILE:LINE
+	Template string
+}
+
+// AddrVerdict is the decision for one resolved address of a destination
+// name.
+type AddrVerdict struct {
+	Addr   netip.Addr
+	Action grammar.Action
+	Rule   string // FILE:LINE, or "" for the default
+}
+
+// Decision is what a Ruleset says about one request. It is plain data.
+type Decision struct {
+	Action grammar.Action
+	Reply  Reply
+	// Rule is the FILE:LINE of the deciding rule, "" for the default deny.
+	Rule string
+	// Reason says why, in a few words, for logs and explain.
+	Reason string
+	// User is the user the deciding rule compared: the claimed or
+	// authenticated user, or, for SOCKS5 without authentication under
+	// ?=I/?=i, the identd answer.
+	User string
+	// Ident is the identd answer, when identd was asked (IdentAsked).
+	Ident      IdentResult
+	IdentAsked bool
+	// Hooks are the commands to run, in order; at most two.
+	Hooks    [2]*Hook
+	NumHooks int
+
+	// For a destination name that was resolved (Resolved): Addrs are the
+	// permitted addresses in resolver order, the only ones the server may
+	// connect to; PerAddr is the verdict for every address. ResolveErr is
+	// the resolver's error, if any.
+	Resolved   bool
+	Addrs      []netip.Addr
+	PerAddr    []AddrVerdict
+	ResolveErr error
+}
+
+// Permitted reports whether d lets the request through.
+func (d *Decision) Permitted() bool { return d.Action == grammar.Permit }
+
+func (d *Decision) addHook(h *Hook) {
+	if h != nil && d.NumHooks < len(d.Hooks) {
+		d.Hooks[d.NumHooks] = h
+		d.NumHooks++
+	}
+}

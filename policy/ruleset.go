@@ -1,0 +1,276 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+
+	"github.com/sockd-ng/sockd/grammar"
+)
+
+// Ruleset is a compiled sockd.conf: immutable, safe for concurrent use.
+// Rules are kept in file order; the first that matches decides; no match
+// denies.
+type Ruleset struct {
+	rules    []rule
+	noIdentd *Hook
+	badID    *Hook
+	files    []string
+	// Warnings are the parser's and the compiler's warnings, sorted.
+	Warnings grammar.ErrorList
+}
+
+type rule struct {
+	src   *grammar.Rule // the AST, for printing
+	pos   string        // FILE:LINE
+	deny  bool
+	ident grammar.IdentMode // effective: the rule's ?= or the global flag
+	users map[string]struct{}
+	from  hostMatch
+	to    hostMatch
+	hasTo bool
+	port  portMatch
+	hook  *Hook
+	// userDesc says what the users set holds, for printing.
+	userDesc string
+}
+
+func (r *rule) identOn() bool {
+	return r.ident == grammar.IdentStrict || r.ident == grammar.IdentLenient
+}
+
+// Files returns the files the ruleset was built from besides the sockd.conf
+// itself: the user files its rules name. A change to any of them calls for a
+// reload.
+func (rs *Ruleset) Files() []string { return rs.files }
+
+// Len returns the number of rules.
+func (rs *Ruleset) Len() int { return len(rs.rules) }
+
+// String prints the compiled rules, one per line, with their FILE:LINE, the
+// effective ident mode, and service names and user files resolved. It is
+// what "sockd check" prints.
+func (rs *Ruleset) String() string {
+	var b strings.Builder
+	for i := range rs.rules {
+		r := &rs.rules[i]
+		fmt.Fprintf(&b, "%s: %s", r.pos, r.src.Action)
+		if r.identOn() || r.src.Ident == grammar.IdentOff {
+			fmt.Fprintf(&b, " ?=%s", r.ident)
+		}
+		if r.users != nil {
+			fmt.Fprintf(&b, " *=%s", r.userDesc)
+		}
+		fmt.Fprintf(&b, " %s", r.src.Src)
+		if r.src.Dst != nil {
+			fmt.Fprintf(&b, " %s", r.src.Dst)
+		}
+		if p := r.src.Port; p != nil {
+			fmt.Fprintf(&b, " %s", p)
+			if p.Service != "" {
+				fmt.Fprintf(&b, " (%d)", r.port.serviceNumber(p.Op))
+			}
+		}
+		if r.hook != nil {
+			fmt.Fprintf(&b, " : %s", r.hook.Template)
+		}
+		b.WriteByte('\n')
+	}
+	if rs.noIdentd != nil {
+		fmt.Fprintf(&b, "%s: #NO_IDENTD: %s\n", rs.noIdentd.Source, rs.noIdentd.Template)
+	}
+	if rs.badID != nil {
+		fmt.Fprintf(&b, "%s: #BAD_ID: %s\n", rs.badID.Source, rs.badID.Template)
+	}
+	return b.String()
+}
+
+// serviceNumber recovers the port a service name resolved to, for printing.
+func (m *portMatch) serviceNumber(op grammar.PortOp) int {
+	switch op {
+	case grammar.OpEq, grammar.OpGe:
+		return int(m.lo[0])
+	case grammar.OpNeq, grammar.OpLt:
+		return int(m.hi[0]) + 1
+	case grammar.OpGt:
+		return int(m.lo[0]) - 1
+	case grammar.OpLe:
+		return int(m.hi[0])
+	}
+	return 0
+}
+
+// Decide judges one request against the rules (sockd.conf(5), Evaluation).
+//
+// A destination given as a name is matched by name rules as requested. When
+// q.Resolve is set (the connection goes out directly), the name is resolved
+// once and the rules are evaluated per resolved address: the decision is
+// that of the first permitted address, and Decision.Addrs lists the
+// permitted addresses in resolver order — the only ones the server may
+// connect to. Otherwise, and for a name that does not resolve, only ALL,
+// name rules and mask 0.0.0.0 can match the destination.
+//
+// identd is asked only when a matching permit rule is in mode I or i, or
+// when a rule's user list needs the identd answer of a SOCKS5 client that
+// did not authenticate.
+func (rs *Ruleset) Decide(ctx context.Context, q Query) Decision {
+	if q.Command == Connect && q.DstName == "" && (!q.Dst.IsValid() || q.Dst.Unmap().IsUnspecified()) {
+		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "connect to an unspecified address"}
+	}
+	if q.DstName == "" || q.Resolve == nil {
+		return rs.decideOne(ctx, &q, q.Dst)
+	}
+	addrs, err := q.Resolve(ctx, q.DstName)
+	if err != nil || len(addrs) == 0 {
+		d := rs.decideOne(ctx, &q, netip.Addr{})
+		d.Resolved, d.ResolveErr = true, err
+		return d
+	}
+	var first, chosen Decision
+	verdicts := make([]AddrVerdict, len(addrs))
+	var permitted []netip.Addr
+	for i, a := range addrs {
+		d := rs.decideOne(ctx, &q, a)
+		verdicts[i] = AddrVerdict{Addr: a, Action: d.Action, Rule: d.Rule}
+		if i == 0 {
+			first = d
+		}
+		if d.Permitted() {
+			if len(permitted) == 0 {
+				chosen = d
+			}
+			permitted = append(permitted, a)
+		}
+	}
+	if len(permitted) == 0 {
+		chosen = first
+	}
+	chosen.Resolved, chosen.Addrs, chosen.PerAddr = true, permitted, verdicts
+	return chosen
+}
+
+// decideOne evaluates the rules for one destination address (invalid when
+// there is none: a name that is not resolved).
+func (rs *Ruleset) decideOne(ctx context.Context, q *Query, dst netip.Addr) Decision {
+	for i := range rs.rules {
+		r := &rs.rules[i]
+		if !r.port.match(q.Port) || !r.matchHosts(ctx, q, dst) {
+			continue
+		}
+		// The user this rule compares (sockd.conf(5), Users).
+		user := q.User
+		var d Decision
+		if q.Source == UserNone {
+			user = ""
+			if r.identOn() && !r.deny && r.users != nil {
+				id := d.ident(ctx, q)
+				if id.Down {
+					if r.ident == grammar.IdentStrict {
+						return rs.identDown(d, r)
+					}
+					continue // lenient: no user known, so the list cannot match
+				}
+				user = id.User
+			}
+		}
+		if r.users != nil {
+			if _, ok := r.users[user]; !ok || user == "" {
+				continue
+			}
+		}
+		d.Rule, d.User = r.pos, user
+		if r.deny {
+			d.Action, d.Reply, d.Reason = grammar.Deny, Rejected, "denied by rule"
+			d.addHook(r.hook)
+			return d
+		}
+		if r.identOn() {
+			id := d.ident(ctx, q)
+			switch {
+			case id.Down && r.ident == grammar.IdentStrict:
+				return rs.identDown(d, r)
+			case id.Down:
+				d.addHook(rs.noIdentd)
+			case q.Source == UserNone && r.users == nil:
+				d.User = id.User // the identd answer is the user
+			case id.User != user:
+				d.Action, d.Reply, d.Reason = grammar.Deny, IdentMismatch, "identd reports another user"
+				d.addHook(rs.badID)
+				return d
+			}
+		}
+		d.Action, d.Reply, d.Reason = grammar.Permit, Granted, "permitted by rule"
+		d.addHook(r.hook)
+		return d
+	}
+	return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "no rule matched", User: q.User}
+}
+
+func (rs *Ruleset) identDown(d Decision, r *rule) Decision {
+	d.Rule = r.pos
+	d.Action, d.Reply, d.Reason = grammar.Deny, IdentDown, "identd unreachable under ?=I"
+	d.addHook(rs.noIdentd)
+	return d
+}
+
+// ident asks q.Ident once for this decision and records the answer.
+func (d *Decision) ident(ctx context.Context, q *Query) IdentResult {
+	if !d.IdentAsked {
+		d.IdentAsked = true
+		d.Ident = IdentResult{Down: true}
+		if q.Ident != nil {
+			d.Ident = q.Ident(ctx)
+		}
+	}
+	return d.Ident
+}
+
+// matchHosts tests the source and destination: numbers first, names (which
+// may need a reverse lookup) only when the numbers pass.
+func (r *rule) matchHosts(ctx context.Context, q *Query, dst netip.Addr) bool {
+	if r.from.kind == grammar.HostAddr && !r.from.matchAddr(q.Client) {
+		return false
+	}
+	if r.hasTo && r.to.kind == grammar.HostAddr && !r.to.matchAddr(dst) {
+		return false
+	}
+	if r.from.needsName() {
+		if q.ClientName == nil || !r.from.matchName(q.ClientName(ctx)) {
+			return false
+		}
+	}
+	if r.hasTo && r.to.needsName() {
+		switch {
+		case q.DstName != "":
+			return r.to.matchName(q.DstName)
+		case q.DstAddrName != nil && dst.IsValid():
+			return r.to.matchName(q.DstAddrName(ctx, dst))
+		}
+		return false
+	}
+	return true
+}
+
+// Live holds the Ruleset in force and swaps it atomically on reload. Its
+// zero value denies everything until the first Store. Safe for concurrent
+// use.
+type Live struct {
+	p atomic.Pointer[Ruleset]
+}
+
+// Load returns the Ruleset in force, or nil.
+func (l *Live) Load() *Ruleset { return l.p.Load() }
+
+// Store puts rs in force for every request decided from now on.
+func (l *Live) Store(rs *Ruleset) { l.p.Store(rs) }
+
+// Decide decides q against the Ruleset in force: one snapshot per call.
+func (l *Live) Decide(ctx context.Context, q Query) Decision {
+	rs := l.p.Load()
+	if rs == nil {
+		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "no rules loaded"}
+	}
+	return rs.Decide(ctx, q)
+}
