@@ -1,6 +1,9 @@
 package policy
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Tokens are the values of the % tokens of shell commands (sockd.conf(5),
 // Shell commands).
@@ -96,4 +99,35 @@ func NeedsToken(template string, x byte) bool {
 		}
 	}
 	return false
+}
+
+// TokensFor fills the % values that follow from a request and its
+// decision. ClientName and DstName hold addresses (or the requested name)
+// until the caller puts forward-confirmed names there; PID and Service are
+// left for the caller.
+func TokensFor(q *Query, d *Decision) Tokens {
+	t := Tokens{
+		ClientAddr: q.Client.String(),
+		Command:    q.Command.String(),
+		Port:       strconv.Itoa(int(q.Port)),
+		Service:    strconv.Itoa(int(q.Port)),
+		IdentUser:  "unknown",
+		User:       q.User,
+		DstName:    q.DstName,
+	}
+	t.ClientName = t.ClientAddr
+	if d.IdentAsked && !d.Ident.Down {
+		t.IdentUser = d.Ident.User
+	}
+	dst := q.Dst
+	if len(d.Addrs) > 0 {
+		dst = d.Addrs[0]
+	}
+	if dst.IsValid() {
+		t.DstAddr = dst.String()
+	}
+	if t.DstName == "" {
+		t.DstName = t.DstAddr
+	}
+	return t
 }

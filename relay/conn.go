@@ -1,0 +1,547 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sockd-ng/sockd/grammar"
+	"github.com/sockd-ng/sockd/policy"
+)
+
+// handshakeBufSize holds the longest message of either protocol (a SOCKS4a
+// request of 520 bytes, an RFC 1929 request of 513) with room to spare.
+const handshakeBufSize = 1024
+
+var handshakeBufs = sync.Pool{New: func() any { return new([handshakeBufSize]byte) }}
+
+// conn is one client connection and its session. The goroutine running
+// serve owns it; abort may be called from Shutdown.
+type conn struct {
+	s       *Server
+	c       net.Conn
+	id      uint64
+	start   time.Time
+	overCap bool
+
+	// handshake buffer: bytes [r:w] are read but not yet used.
+	buf  *[handshakeBufSize]byte
+	r, w int
+
+	local, remote netip.AddrPort
+
+	// memoised lookups, each asked at most once per connection
+	identDone  bool
+	identRes   policy.IdentResult
+	clientDone bool
+	clientName string
+
+	mu  sync.Mutex
+	out net.Conn // the outbound leg, once connected
+
+	// what the session log line says
+	proto     string
+	cmd       policy.Command
+	user      string
+	dst       addr
+	connected netip.AddrPort
+	rule      string
+	action    string
+	reason    string
+	via       string
+	reply     int
+	up, down  int64
+	err       error
+	warn      bool
+}
+
+// abort closes both legs, ending the session.
+func (c *conn) abort() {
+	c.mu.Lock()
+	out := c.out
+	c.mu.Unlock()
+	c.c.Close()
+	if out != nil {
+		out.Close()
+	}
+}
+
+func (c *conn) serve() {
+	defer c.s.doneConn(c)
+	defer c.c.Close()
+	c.reply = -1
+	c.local = addrPortOf(c.c.LocalAddr())
+	c.remote = addrPortOf(c.c.RemoteAddr())
+	c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
+	c.c.SetDeadline(time.Now().Add(c.s.handshakeTimeout()))
+	err := c.handshake()
+	if c.buf != nil {
+		handshakeBufs.Put(c.buf)
+		c.buf = nil
+	}
+	if err != nil && c.err == nil {
+		c.err = err
+	}
+	c.log()
+}
+
+func addrPortOf(a net.Addr) netip.AddrPort {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	case *net.UDPAddr:
+		ap := a.AddrPort()
+		return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	return netip.AddrPort{}
+}
+
+// fill reads more of the handshake into the buffer, moving unread bytes to
+// its start first.
+func (c *conn) fill() error {
+	if c.r > 0 {
+		c.w = copy(c.buf[:], c.buf[c.r:c.w])
+		c.r = 0
+	}
+	if c.w == len(c.buf) {
+		return errors.New("handshake message too long")
+	}
+	n, err := c.c.Read(c.buf[c.w:])
+	c.w += n
+	if n > 0 {
+		return nil
+	}
+	if err == nil {
+		err = errors.New("empty read")
+	}
+	return fmt.Errorf("handshake: %w", err)
+}
+
+// next parses the next message with parse, reading as much as it needs.
+func next[T any](c *conn, parse func([]byte) (T, int, error)) (T, error) {
+	for {
+		v, n, err := parse(c.buf[c.r:c.w])
+		if err == errShort {
+			if err := c.fill(); err != nil {
+				return v, err
+			}
+			continue
+		}
+		if err == nil {
+			c.r += n
+		}
+		return v, err
+	}
+}
+
+func (c *conn) write(b []byte) error {
+	_, err := c.c.Write(b)
+	return err
+}
+
+func (c *conn) handshake() error {
+	if c.w == 0 {
+		if err := c.fill(); err != nil {
+			return err
+		}
+	}
+	switch c.buf[0] {
+	case socks4Version:
+		return c.socks4()
+	case socks5Version:
+		return c.socks5()
+	}
+	c.proto = "unknown"
+	return fmt.Errorf("not SOCKS: first byte 0x%02x", c.buf[0])
+}
+
+// refuse sends a refusal and ends the connection gently: a FIN after the
+// reply, then a short drain, so that unread client bytes do not turn the
+// close into a reset that could destroy the reply.
+func (c *conn) refuse(reply []byte) {
+	c.write(reply)
+	if cw, ok := c.c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	discard(c.c)
+}
+
+func (c *conn) socks4() error {
+	c.proto = "socks4"
+	req, err := next(c, parseSOCKS4Request)
+	var pe *protoError
+	if errors.As(err, &pe) {
+		c.reply = socks4Rejected
+		c.refuse(appendSOCKS4Reply(nil, socks4Rejected, netip.AddrPort{}))
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	c.user = req.user
+	c.dst = addr{port: req.port, name: req.name}
+	if req.is4a() {
+		c.proto = "socks4a"
+		c.dst = destination(req.name, req.port)
+	} else {
+		c.dst.ip = netip.AddrFrom4(req.ip)
+	}
+	fail := func(reason string) error {
+		c.reply, c.reason = socks4Rejected, reason
+		c.refuse(appendSOCKS4Reply(nil, socks4Rejected, netip.AddrPort{}))
+		return nil
+	}
+	switch {
+	case req.cmd == socks4Connect:
+		c.cmd = policy.Connect
+	case req.cmd == socks4Bind:
+		c.cmd = policy.Bind
+		return fail("BIND is not supported")
+	default:
+		return fail("unknown SOCKS4 command " + strconv.Itoa(int(req.cmd)))
+	}
+	if !c.s.offers(AuthNone) {
+		return fail("SOCKS4 carries no password and -auth does not list none")
+	}
+	return c.connect(policy.UserClaimed, func(code byte, bound netip.AddrPort) []byte {
+		return appendSOCKS4Reply(nil, code, bound)
+	}, func(r policy.Reply) byte { return byte(r) })
+}
+
+// destination turns a requested name into an addr; a name that is an IP
+// literal is an address.
+func destination(name string, port uint16) addr {
+	if ip, err := netip.ParseAddr(name); err == nil && ip.Zone() == "" {
+		return addr{ip: ip.Unmap(), port: port}
+	}
+	return addr{name: name, port: port}
+}
+
+func (s *Server) offers(m AuthMethod) bool {
+	if len(s.Auth) == 0 {
+		return m == AuthNone
+	}
+	for _, a := range s.Auth {
+		if a == m {
+			return true
+		}
+	}
+	return false
+}
+
+func (c *conn) socks5() error {
+	c.proto = "socks5"
+	methods, err := next(c, parseGreeting)
+	var pe *protoError
+	if errors.As(err, &pe) {
+		if pe.reply >= 0 {
+			c.refuse([]byte{socks5Version, byte(pe.reply)})
+		}
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	method := c.s.chooseMethod(methods)
+	if err := c.write([]byte{socks5Version, method}); err != nil {
+		return err
+	}
+	if method == methodNoneOK {
+		c.refuse(nil)
+		return errors.New("no acceptable authentication method offered")
+	}
+	source := policy.UserNone
+	if method == methodPassword {
+		source = policy.UserPassword
+		if err := c.authenticate(); err != nil {
+			return err
+		}
+	}
+	req, err := next(c, parseRequest)
+	if errors.As(err, &pe) {
+		c.reply = pe.reply
+		c.refuse(appendReply(nil, byte(pe.reply), netip.AddrPort{}))
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	c.dst = req.addr
+	if req.addr.name != "" {
+		c.dst = destination(req.addr.name, req.addr.port)
+	}
+	reply := func(rep byte, bound netip.AddrPort) []byte {
+		return appendReply(nil, rep, bound)
+	}
+	switch req.cmd {
+	case cmdConnect:
+		c.cmd = policy.Connect
+	case cmdBind, cmdUDP:
+		c.cmd = policy.Bind
+		if req.cmd == cmdUDP {
+			c.cmd = policy.UDP
+		}
+		c.reply, c.reason = repCmdNotSupported, "command not supported yet"
+		c.refuse(appendReply(nil, repCmdNotSupported, netip.AddrPort{}))
+		return nil
+	default:
+		c.reply, c.reason = repCmdNotSupported, "unknown command "+strconv.Itoa(int(req.cmd))
+		c.refuse(appendReply(nil, repCmdNotSupported, netip.AddrPort{}))
+		return nil
+	}
+	return c.connect(source, reply, socks5Rep)
+}
+
+// socks5Rep maps a policy reply to a SOCKS5 REP: every refusal is "not
+// allowed by ruleset".
+func socks5Rep(r policy.Reply) byte {
+	if r == policy.Granted {
+		return repSucceeded
+	}
+	return repNotAllowed
+}
+
+// chooseMethod picks the first method of the server's list that the
+// client offers.
+func (s *Server) chooseMethod(offered []byte) byte {
+	auth := s.Auth
+	if len(auth) == 0 {
+		auth = []AuthMethod{AuthNone}
+	}
+	for _, m := range auth {
+		for _, o := range offered {
+			if byte(m) == o {
+				return o
+			}
+		}
+	}
+	return methodNoneOK
+}
+
+// authenticate runs the RFC 1929 sub-negotiation.
+func (c *conn) authenticate() error {
+	up, err := next(c, parseUserPass)
+	var pe *protoError
+	if errors.As(err, &pe) {
+		c.refuse([]byte{authVersion, authFailed})
+		return fmt.Errorf("authentication: %w", err)
+	}
+	if err != nil {
+		return err
+	}
+	c.user = up.user
+	if c.s.Passwords == nil || !c.s.Passwords.Match(up.user, up.pass) {
+		c.refuse([]byte{authVersion, authFailed})
+		c.action = "deny"
+		return fmt.Errorf("authentication failed for user %q", up.user)
+	}
+	return c.write([]byte{authVersion, authOK})
+}
+
+// connect decides a CONNECT request, connects, replies and relays.
+// reply encodes a reply in the client's protocol; code maps a policy reply
+// to that protocol's code.
+func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort) []byte, code func(policy.Reply) byte) error {
+	failCode := byte(socks4Rejected)
+	if c.proto == "socks5" {
+		failCode = repGeneralFailure
+	}
+	if c.overCap {
+		c.reply, c.reason = int(failCode), "too many sessions"
+		c.refuse(reply(failCode, netip.AddrPort{}))
+		return nil
+	}
+	// The request is in: the handshake limit no longer applies.
+	c.c.SetDeadline(time.Time{})
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
+	defer cancel()
+	q := policy.Query{
+		Command:     c.cmd,
+		Client:      c.remote.Addr(),
+		User:        c.user,
+		Source:      source,
+		Dst:         c.dst.ip,
+		DstName:     c.dst.name,
+		Port:        c.dst.port,
+		Ident:       c.ident,
+		ClientName:  c.clientNameOnce,
+		DstAddrName: c.s.dstName,
+		Resolve:     c.s.resolve,
+	}
+	d := c.s.Decider.Decide(ctx, q)
+	c.rule, c.reason, c.user = d.Rule, d.Reason, d.User
+	c.action = d.Action.String()
+	if d.NumHooks > 0 && c.s.Hooks != nil {
+		c.s.Hooks.run(c, &q, &d)
+	}
+	if d.Action != grammar.Permit {
+		rep := code(d.Reply)
+		c.reply = int(rep)
+		c.refuse(reply(rep, netip.AddrPort{}))
+		return nil
+	}
+	addrs := d.Addrs
+	if !d.Resolved {
+		addrs = []netip.Addr{c.dst.ip}
+	}
+	c.via = "direct"
+	out, err := c.s.dialDirect(ctx, addrs, c.dst.port)
+	if err != nil {
+		if d.ResolveErr != nil {
+			err = fmt.Errorf("resolve %s: %w", c.dst.name, d.ResolveErr)
+		}
+		rep := failCode
+		if c.proto == "socks5" {
+			rep = replyFor(err)
+		}
+		c.reply, c.warn = int(rep), true
+		c.refuse(reply(rep, netip.AddrPort{}))
+		return err
+	}
+	c.mu.Lock()
+	c.out = out
+	c.mu.Unlock()
+	defer out.Close()
+	c.connected = addrPortOf(out.RemoteAddr())
+	c.reply = int(code(policy.Granted))
+	if err := c.write(reply(code(policy.Granted), addrPortOf(out.LocalAddr()))); err != nil {
+		return err
+	}
+	return c.relay(out)
+}
+
+// relay copies both ways until both directions are done, then closes.
+// Bytes the client sent after its request, while we connected, go first.
+func (c *conn) relay(out net.Conn) error {
+	if c.r < c.w {
+		n, err := out.Write(c.buf[c.r:c.w])
+		c.up += int64(n)
+		if err != nil {
+			return err
+		}
+	}
+	handshakeBufs.Put(c.buf)
+	c.buf = nil
+	var act activity
+	idle := c.s.IdleTimeout
+	if idle > 0 {
+		act.touch()
+	}
+	done := make(chan error, 1)
+	go func() {
+		n, err := copyHalf(&c.s.pipes, c.c, out, idle, &act)
+		c.down = n
+		if err != nil {
+			c.abort()
+		}
+		done <- err
+	}()
+	n, err := copyHalf(&c.s.pipes, out, c.c, idle, &act)
+	c.up += n
+	if err != nil {
+		c.abort()
+	}
+	derr := <-done
+	if err == nil || isClosedConn(err) && derr != nil {
+		err = derr
+	}
+	if isClosedConn(err) {
+		err = nil // one side hung up; that is how sessions end
+	}
+	return err
+}
+
+func (c *conn) ident(ctx context.Context) policy.IdentResult {
+	if !c.identDone {
+		c.identDone = true
+		c.identRes = policy.IdentResult{Down: true}
+		if c.s.Ident != nil {
+			user, err := c.s.Ident(ctx, c.local, c.remote)
+			if err == nil {
+				c.identRes = policy.IdentResult{User: user}
+			} else {
+				c.s.logger().Debug("identd down", "id", c.id, "client", c.remote.String(), "err", err)
+			}
+		}
+	}
+	return c.identRes
+}
+
+func (c *conn) clientNameOnce(ctx context.Context) string {
+	if !c.clientDone {
+		c.clientDone = true
+		c.clientName = c.s.confirmedName(ctx, c.remote.Addr())
+	}
+	return c.clientName
+}
+
+// log writes the session's one line.
+func (c *conn) log() {
+	level := slog.LevelInfo
+	if c.warn {
+		level = slog.LevelWarn
+	}
+	l := c.s.logger()
+	if !l.Enabled(context.Background(), level) {
+		return
+	}
+	identUser := ""
+	if c.identDone {
+		identUser = c.identRes.User
+		if c.identRes.Down {
+			identUser = "(down)"
+		}
+	}
+	attrs := []slog.Attr{
+		slog.Uint64("id", c.id),
+		slog.String("proto", c.proto),
+		slog.String("cmd", c.cmdString()),
+		slog.String("client", c.remote.String()),
+		slog.String("user", c.user),
+		slog.String("ident", identUser),
+		slog.String("dst", c.dstString()),
+	}
+	if c.connected.IsValid() {
+		attrs = append(attrs, slog.String("connected", c.connected.String()))
+	}
+	rule := c.rule
+	if rule == "" && c.action != "" {
+		rule = "default"
+	}
+	attrs = append(attrs,
+		slog.String("rule", rule),
+		slog.String("action", c.action),
+		slog.String("reason", c.reason),
+		slog.String("via", c.via),
+		slog.Int("reply", c.reply),
+		slog.Int64("bytes_up", c.up),
+		slog.Int64("bytes_down", c.down),
+		slog.Duration("dur", time.Since(c.start).Round(time.Microsecond)),
+	)
+	if c.err != nil {
+		attrs = append(attrs, slog.String("err", c.err.Error()))
+	}
+	l.LogAttrs(context.Background(), level, "conn", attrs...)
+}
+
+func (c *conn) cmdString() string {
+	if c.cmd == 0 {
+		return ""
+	}
+	return c.cmd.String()
+}
+
+func (c *conn) dstString() string {
+	if c.dst.name == "" && !c.dst.ip.IsValid() {
+		return ""
+	}
+	return c.dst.String()
+}
+
