@@ -544,4 +544,3 @@ func (c *conn) dstString() string {
 	}
 	return c.dst.String()
 }
-

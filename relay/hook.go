@@ -182,4 +182,3 @@ func (c *conn) tokens(q *policy.Query, d *policy.Decision) policy.Tokens {
 	}
 	return t
 }
-

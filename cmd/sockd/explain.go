@@ -167,4 +167,3 @@ func explainIdent(mode, user string) (func(context.Context) policy.IdentResult, 
 	}
 	return func(context.Context) policy.IdentResult { return r }, nil
 }
-

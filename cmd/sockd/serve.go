@@ -199,4 +199,3 @@ func (d *daemon) run() int {
 		}
 	}
 }
-
