@@ -26,7 +26,9 @@ const MaxLine = 1022
 const (
 	patSpace   = `[ \t\r\v\f]+`
 	patComment = `#.*`
-	patBracket = `\[[^\] \t\r\n\v\f]*\]`
+	// An IPv6 address with a prefix length is at most 49 characters; the
+	// bound keeps a line of many '[' linear to lex.
+	patBracket = `\[[^\] \t\r\n\v\f]{0,64}\]`
 	// A word that holds a '/' is an address with a prefix length (or, in
 	// srelay.conf, a dotted mask); the parser needs the distinction to know
 	// whether a mask token follows.

@@ -2,6 +2,7 @@ package grammar
 
 import (
 	"io"
+	"strings"
 
 	"github.com/alecthomas/participle/v2"
 	"github.com/alecthomas/participle/v2/lexer"
@@ -112,6 +113,9 @@ func ParseSockd(filename string, r io.Reader) (*File, error) {
 				"line is %d bytes long, the limit is %d", len(pl.text), MaxLine)
 			continue
 		}
+		if blank(pl.text) {
+			continue
+		}
 		syn, err := parseLine(sockdParser, sockdLexer, filename, pl)
 		if err != nil {
 			errs = append(errs, err)
@@ -123,6 +127,20 @@ func ParseSockd(filename string, r io.Reader) (*File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// blank reports whether a line is empty or only a comment, so that the
+// parser need not see it. A column-1 #NO_IDENTD: or #BAD_ID: is not a
+// comment.
+func blank(line string) bool {
+	t := strings.TrimLeft(line, " \t\r\v\f")
+	if t == "" {
+		return true
+	}
+	if t[0] != '#' {
+		return false
+	}
+	return len(t) < len(line) || !strings.HasPrefix(t, "#NO_IDENTD:") && !strings.HasPrefix(t, "#BAD_ID:")
 }
 
 // parseLine runs parser over one physical line.

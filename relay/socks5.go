@@ -166,7 +166,9 @@ func parseAddr(b []byte, off int) (a addr, n int, err error) {
 		if len(b) < n+2 {
 			return a, 0, errShort
 		}
-		a.ip = netip.AddrFrom16([16]byte(b[off+1 : n]))
+		// An IPv4-mapped address is an IPv4 address: rules compare it as
+		// one, and it is sent back as one.
+		a.ip = netip.AddrFrom16([16]byte(b[off+1 : n])).Unmap()
 	case atypName:
 		if len(b) < off+2 {
 			return a, 0, errShort
