@@ -350,4 +350,3 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
-

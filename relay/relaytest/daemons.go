@@ -157,4 +157,3 @@ func Curl(t testing.TB, args ...string) (string, int) {
 func AsNobody(args ...string) []string {
 	return append([]string{"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"}, args...)
 }
-
