@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -435,5 +436,32 @@ func TestHooks(t *testing.T) {
 	}
 	if got, want := string(b), "connect _rf___id_ 127.0.0.1 9 discard 127.0.0.1 unknown\n"; got != want {
 		t.Errorf("command wrote %q, want %q", got, want)
+	}
+}
+
+// Commands run within their time limit (children included) and at most
+// Max at once; the others are skipped with a log line. No session waits.
+func TestHookLimits(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	logs := &relaytest.LogBuffer{}
+	hooks := &relay.Hooks{Timeout: 300 * time.Millisecond, Max: 1, Logger: slog.New(slog.NewTextHandler(logs, nil))}
+	marker := filepath.Join(t.TempDir(), "survivor")
+	rules := fmt.Sprintf("deny 127.0.0.0/8 ALL 0.0.0.0 eq 9 : sh -c 'sleep 1; touch %s' & wait\n", marker)
+	srv := relaytest.NewServer(t, rules, func(s *relay.Server) { s.Hooks = hooks })
+	start := time.Now()
+	for range 2 {
+		c := dial(t, srv.Addr, "")
+		c.Write(socks4Connect("127.0.0.1:9", ""))
+		expect(t, c, denied4) // the reply does not wait for the command
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("replies took %v: a session waited for its command", d)
+	}
+	logs.WaitFor(t, "command skipped: too many running")
+	logs.WaitFor(t, "command failed", "signal: killed")
+	hooks.Wait()
+	time.Sleep(1500*time.Millisecond - time.Since(start)) // past the child's sleep
+	if _, err := os.Stat(marker); err == nil {
+		t.Error("a child of a timed-out command lived on")
 	}
 }

@@ -350,3 +350,23 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+// The legacy global identd flags apply to rules without ?=.
+func TestGlobalIdentFlags(t *testing.T) {
+	conf := writeFile(t, "sockd.conf", "permit 127.0.0.0/8\npermit ?=n 10.0.0.0/8\n")
+	for _, tc := range []struct {
+		args []string
+		out  string
+	}{
+		{[]string{"-ident", "down", "127.0.0.1", "80"}, "permit %s:1 reply 90\n"},
+		{[]string{"-I", "-ident", "down", "127.0.0.1", "80"}, "deny %s:1 reply 92\n"},
+		{[]string{"-i", "-ident", "down", "127.0.0.1", "80"}, "permit %s:1 reply 90\n"},
+		{[]string{"-i", "-user", "bob", "-ident", "says:eve", "127.0.0.1", "80"}, "deny %s:1 reply 93\n"},
+		{[]string{"-I", "-from", "10.0.0.1", "-ident", "down", "127.0.0.1", "80"}, "permit %s:2 reply 90\n"},
+	} {
+		out, _, _ := sockd(t, append([]string{"explain", "-config", conf}, tc.args...)...)
+		if first, _, _ := strings.Cut(out, "\n"); first+"\n" != strings.ReplaceAll(tc.out, "%s", conf) {
+			t.Errorf("%v: %s", tc.args, out)
+		}
+	}
+}
