@@ -13,6 +13,7 @@ import (
 
 	"github.com/sockd-ng/sockd/grammar"
 	"github.com/sockd-ng/sockd/policy"
+	"github.com/sockd-ng/sockd/relay/internal/wire"
 )
 
 // handshakeBufSize holds the longest message of either protocol (a SOCKS4a
@@ -49,7 +50,7 @@ type conn struct {
 	proto     string
 	cmd       policy.Command
 	user      string
-	dst       addr
+	dst       wire.Addr
 	connected netip.AddrPort
 	rule      string
 	action    string
@@ -128,7 +129,7 @@ func (c *conn) fill() error {
 func next[T any](c *conn, parse func([]byte) (T, int, error)) (T, error) {
 	for {
 		v, n, err := parse(c.buf[c.r:c.w])
-		if err == errShort {
+		if err == wire.ErrShort {
 			if err := c.fill(); err != nil {
 				return v, err
 			}
@@ -153,9 +154,9 @@ func (c *conn) handshake() error {
 		}
 	}
 	switch c.buf[0] {
-	case socks4Version:
+	case wire.Version4:
 		return c.socks4()
-	case socks5Version:
+	case wire.Version5:
 		return c.socks5()
 	}
 	c.proto = "unknown"
@@ -175,53 +176,53 @@ func (c *conn) refuse(reply []byte) {
 
 func (c *conn) socks4() error {
 	c.proto = "socks4"
-	req, err := next(c, parseSOCKS4Request)
-	var pe *protoError
+	req, err := next(c, wire.ParseRequest4)
+	var pe *wire.ProtoError
 	if errors.As(err, &pe) {
-		c.reply = socks4Rejected
-		c.refuse(appendSOCKS4Reply(nil, socks4Rejected, netip.AddrPort{}))
+		c.reply = wire.Rejected4
+		c.refuse(wire.AppendReply4(nil, wire.Rejected4, netip.AddrPort{}))
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	c.user = req.user
-	c.dst = addr{port: req.port, name: req.name}
-	if req.is4a() {
+	c.user = req.User
+	c.dst = wire.Addr{Port: req.Port, Name: req.Name}
+	if req.Is4a() {
 		c.proto = "socks4a"
-		c.dst = destination(req.name, req.port)
+		c.dst = destination(req.Name, req.Port)
 	} else {
-		c.dst.ip = netip.AddrFrom4(req.ip)
+		c.dst.IP = netip.AddrFrom4(req.IP)
 	}
 	fail := func(reason string) error {
-		c.reply, c.reason = socks4Rejected, reason
-		c.refuse(appendSOCKS4Reply(nil, socks4Rejected, netip.AddrPort{}))
+		c.reply, c.reason = wire.Rejected4, reason
+		c.refuse(wire.AppendReply4(nil, wire.Rejected4, netip.AddrPort{}))
 		return nil
 	}
 	switch {
-	case req.cmd == socks4Connect:
+	case req.Cmd == wire.Cmd4Connect:
 		c.cmd = policy.Connect
-	case req.cmd == socks4Bind:
+	case req.Cmd == wire.Cmd4Bind:
 		c.cmd = policy.Bind
 		return fail("BIND is not supported")
 	default:
-		return fail("unknown SOCKS4 command " + strconv.Itoa(int(req.cmd)))
+		return fail("unknown SOCKS4 command " + strconv.Itoa(int(req.Cmd)))
 	}
 	if !c.s.offers(AuthNone) {
 		return fail("SOCKS4 carries no password and -auth does not list none")
 	}
 	return c.connect(policy.UserClaimed, func(code byte, bound netip.AddrPort) []byte {
-		return appendSOCKS4Reply(nil, code, bound)
+		return wire.AppendReply4(nil, code, bound)
 	}, func(r policy.Reply) byte { return byte(r) })
 }
 
 // destination turns a requested name into an addr; a name that is an IP
 // literal is an address.
-func destination(name string, port uint16) addr {
+func destination(name string, port uint16) wire.Addr {
 	if ip, err := netip.ParseAddr(name); err == nil && ip.Zone() == "" {
-		return addr{ip: ip.Unmap(), port: port}
+		return wire.Addr{IP: ip.Unmap(), Port: port}
 	}
-	return addr{name: name, port: port}
+	return wire.Addr{Name: name, Port: port}
 }
 
 func (s *Server) offers(m AuthMethod) bool {
@@ -238,11 +239,11 @@ func (s *Server) offers(m AuthMethod) bool {
 
 func (c *conn) socks5() error {
 	c.proto = "socks5"
-	methods, err := next(c, parseGreeting)
-	var pe *protoError
+	methods, err := next(c, wire.ParseGreeting)
+	var pe *wire.ProtoError
 	if errors.As(err, &pe) {
-		if pe.reply >= 0 {
-			c.refuse([]byte{socks5Version, byte(pe.reply)})
+		if pe.Reply >= 0 {
+			c.refuse([]byte{wire.Version5, byte(pe.Reply)})
 		}
 		return err
 	}
@@ -250,50 +251,50 @@ func (c *conn) socks5() error {
 		return err
 	}
 	method := c.s.chooseMethod(methods)
-	if err := c.write([]byte{socks5Version, method}); err != nil {
+	if err := c.write([]byte{wire.Version5, method}); err != nil {
 		return err
 	}
-	if method == methodNoneOK {
+	if method == wire.MethodNoAcceptable {
 		c.refuse(nil)
 		return errors.New("no acceptable authentication method offered")
 	}
 	source := policy.UserNone
-	if method == methodPassword {
+	if method == wire.MethodPassword {
 		source = policy.UserPassword
 		if err := c.authenticate(); err != nil {
 			return err
 		}
 	}
-	req, err := next(c, parseRequest)
+	req, err := next(c, wire.ParseRequest5)
 	if errors.As(err, &pe) {
-		c.reply = pe.reply
-		c.refuse(appendReply(nil, byte(pe.reply), netip.AddrPort{}))
+		c.reply = pe.Reply
+		c.refuse(wire.AppendReply5(nil, byte(pe.Reply), netip.AddrPort{}))
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	c.dst = req.addr
-	if req.addr.name != "" {
-		c.dst = destination(req.addr.name, req.addr.port)
+	c.dst = req.Addr
+	if req.Addr.Name != "" {
+		c.dst = destination(req.Addr.Name, req.Addr.Port)
 	}
 	reply := func(rep byte, bound netip.AddrPort) []byte {
-		return appendReply(nil, rep, bound)
+		return wire.AppendReply5(nil, rep, bound)
 	}
-	switch req.cmd {
-	case cmdConnect:
+	switch req.Cmd {
+	case wire.CmdConnect:
 		c.cmd = policy.Connect
-	case cmdBind, cmdUDP:
+	case wire.CmdBind, wire.CmdUDP:
 		c.cmd = policy.Bind
-		if req.cmd == cmdUDP {
+		if req.Cmd == wire.CmdUDP {
 			c.cmd = policy.UDP
 		}
-		c.reply, c.reason = repCmdNotSupported, "command not supported yet"
-		c.refuse(appendReply(nil, repCmdNotSupported, netip.AddrPort{}))
+		c.reply, c.reason = wire.RepCmdNotSupported, "command not supported yet"
+		c.refuse(wire.AppendReply5(nil, wire.RepCmdNotSupported, netip.AddrPort{}))
 		return nil
 	default:
-		c.reply, c.reason = repCmdNotSupported, "unknown command "+strconv.Itoa(int(req.cmd))
-		c.refuse(appendReply(nil, repCmdNotSupported, netip.AddrPort{}))
+		c.reply, c.reason = wire.RepCmdNotSupported, "unknown command "+strconv.Itoa(int(req.Cmd))
+		c.refuse(wire.AppendReply5(nil, wire.RepCmdNotSupported, netip.AddrPort{}))
 		return nil
 	}
 	return c.connect(source, reply, socks5Rep)
@@ -303,9 +304,9 @@ func (c *conn) socks5() error {
 // allowed by ruleset".
 func socks5Rep(r policy.Reply) byte {
 	if r == policy.Granted {
-		return repSucceeded
+		return wire.RepSucceeded
 	}
-	return repNotAllowed
+	return wire.RepNotAllowed
 }
 
 // chooseMethod picks the first method of the server's list that the
@@ -322,36 +323,36 @@ func (s *Server) chooseMethod(offered []byte) byte {
 			}
 		}
 	}
-	return methodNoneOK
+	return wire.MethodNoAcceptable
 }
 
 // authenticate runs the RFC 1929 sub-negotiation.
 func (c *conn) authenticate() error {
-	up, err := next(c, parseUserPass)
-	var pe *protoError
+	up, err := next(c, wire.ParseUserPass)
+	var pe *wire.ProtoError
 	if errors.As(err, &pe) {
-		c.refuse([]byte{authVersion, authFailed})
+		c.refuse([]byte{wire.AuthVersion, wire.AuthFailed})
 		return fmt.Errorf("authentication: %w", err)
 	}
 	if err != nil {
 		return err
 	}
-	c.user = up.user
-	if c.s.Passwords == nil || !c.s.Passwords.Match(up.user, up.pass) {
-		c.refuse([]byte{authVersion, authFailed})
+	c.user = up.User
+	if c.s.Passwords == nil || !c.s.Passwords.Match(up.User, up.Pass) {
+		c.refuse([]byte{wire.AuthVersion, wire.AuthFailed})
 		c.action = "deny"
-		return fmt.Errorf("authentication failed for user %q", up.user)
+		return fmt.Errorf("authentication failed for user %q", up.User)
 	}
-	return c.write([]byte{authVersion, authOK})
+	return c.write([]byte{wire.AuthVersion, wire.AuthOK})
 }
 
 // connect decides a CONNECT request, connects, replies and relays.
 // reply encodes a reply in the client's protocol; code maps a policy reply
 // to that protocol's code.
 func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort) []byte, code func(policy.Reply) byte) error {
-	failCode := byte(socks4Rejected)
+	failCode := byte(wire.Rejected4)
 	if c.proto == "socks5" {
-		failCode = repGeneralFailure
+		failCode = wire.RepGeneralFailure
 	}
 	if c.overCap {
 		c.reply, c.reason = int(failCode), "too many sessions"
@@ -367,9 +368,9 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 		Client:      c.remote.Addr(),
 		User:        c.user,
 		Source:      source,
-		Dst:         c.dst.ip,
-		DstName:     c.dst.name,
-		Port:        c.dst.port,
+		Dst:         c.dst.IP,
+		DstName:     c.dst.Name,
+		Port:        c.dst.Port,
 		Ident:       c.ident,
 		ClientName:  c.clientNameOnce,
 		DstAddrName: c.s.dstName,
@@ -389,13 +390,13 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 	}
 	addrs := d.Addrs
 	if !d.Resolved {
-		addrs = []netip.Addr{c.dst.ip}
+		addrs = []netip.Addr{c.dst.IP}
 	}
 	c.via = "direct"
-	out, err := c.s.dialDirect(ctx, addrs, c.dst.port)
+	out, err := c.s.dialDirect(ctx, addrs, c.dst.Port)
 	if err != nil {
 		if d.ResolveErr != nil {
-			err = fmt.Errorf("resolve %s: %w", c.dst.name, d.ResolveErr)
+			err = fmt.Errorf("resolve %s: %w", c.dst.Name, d.ResolveErr)
 		}
 		rep := failCode
 		if c.proto == "socks5" {
@@ -539,7 +540,7 @@ func (c *conn) cmdString() string {
 }
 
 func (c *conn) dstString() string {
-	if c.dst.name == "" && !c.dst.ip.IsValid() {
+	if c.dst.Name == "" && !c.dst.IP.IsValid() {
 		return ""
 	}
 	return c.dst.String()

@@ -8,6 +8,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"github.com/sockd-ng/sockd/relay/internal/wire"
 )
 
 // errNoAddress is a destination name without a permitted address.
@@ -54,13 +56,13 @@ func replyFor(err error) byte {
 	var dnsErr *net.DNSError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
-		return repRefused
+		return wire.RepRefused
 	case errors.Is(err, syscall.ENETUNREACH):
-		return repNetUnreachable
+		return wire.RepNetUnreachable
 	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, errNoAddress), errors.As(err, &dnsErr):
-		return repHostUnreachable
+		return wire.RepHostUnreachable
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
-		return repHostUnreachable // sockd.conf(5): a failed connect is 3, 4 or 5
+		return wire.RepHostUnreachable // sockd.conf(5): a failed connect is 3, 4 or 5
 	}
-	return repGeneralFailure
+	return wire.RepGeneralFailure
 }

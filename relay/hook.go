@@ -77,8 +77,8 @@ func (h *Hooks) run(c *conn, q *policy.Query, d *policy.Decision) {
 					t.ClientName = clientName
 				}
 			}
-			if policy.NeedsToken(hk.Template, 'Z') && c.dst.name == "" && c.dst.ip.IsValid() {
-				if name := LookupConfirmed(ctx, s.resolver(), c.dst.ip); name != "" {
+			if policy.NeedsToken(hk.Template, 'Z') && c.dst.Name == "" && c.dst.IP.IsValid() {
+				if name := LookupConfirmed(ctx, s.resolver(), c.dst.IP); name != "" {
 					t.DstName = name
 				}
 			}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/sockd-ng/sockd/policy"
+	"github.com/sockd-ng/sockd/relay/internal/wire"
 )
 
 // A Decider decides whether a request may proceed and how to reach its
@@ -45,8 +46,8 @@ type Authenticator interface {
 type AuthMethod byte
 
 const (
-	AuthNone     AuthMethod = methodNone
-	AuthPassword AuthMethod = methodPassword
+	AuthNone     AuthMethod = wire.MethodNone
+	AuthPassword AuthMethod = wire.MethodPassword
 )
 
 // IdentFunc asks the identd of the client at remote who owns its connection

@@ -1,4 +1,4 @@
-package relay
+package wire
 
 import (
 	"bytes"
@@ -17,22 +17,22 @@ func FuzzSOCKS4Request(f *testing.F) {
 	f.Add(append([]byte("\x04\x01\x00\x50\x0a\x00\x00\x01"), bytes.Repeat([]byte("u"), 300)...)) // USERID too long
 	f.Add([]byte("\x05\x01\x00"))                                                                // not SOCKS4
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, n, err := parseSOCKS4Request(b)
+		r, n, err := ParseRequest4(b)
 		if err != nil {
-			var pe *protoError
-			if err != errShort && !errors.As(err, &pe) {
+			var pe *ProtoError
+			if err != ErrShort && !errors.As(err, &pe) {
 				t.Fatalf("unexpected error type %T: %v", err, err)
 			}
 			return
 		}
-		if n > len(b) || n > maxSOCKS4Request {
+		if n > len(b) || n > MaxRequest4 {
 			t.Fatalf("used %d of %d bytes", n, len(b))
 		}
-		enc := r.append(nil)
+		enc := r.Append(nil)
 		if !bytes.Equal(enc, b[:n]) {
 			t.Fatalf("re-encoded %q, read %q", enc, b[:n])
 		}
-		r2, n2, err := parseSOCKS4Request(enc)
+		r2, n2, err := ParseRequest4(enc)
 		if err != nil || r2 != r || n2 != n {
 			t.Fatalf("second decode: %+v %d %v, first %+v %d", r2, n2, err, r, n)
 		}
@@ -54,29 +54,29 @@ func FuzzSOCKS5Request(f *testing.F) {
 	f.Add([]byte{5, 1, 0, 3, 0, 0, 80})                                                          // empty name
 	f.Fuzz(func(t *testing.T, b []byte) {
 		check := func(err error) bool {
-			var pe *protoError
-			if err != nil && err != errShort && !errors.As(err, &pe) {
+			var pe *ProtoError
+			if err != nil && err != ErrShort && !errors.As(err, &pe) {
 				t.Fatalf("unexpected error type %T: %v", err, err)
 			}
 			return err == nil
 		}
-		if m, n, err := parseGreeting(b); check(err) {
+		if m, n, err := ParseGreeting(b); check(err) {
 			if n > len(b) || len(m) == 0 || len(m) != int(b[1]) {
 				t.Fatalf("greeting: %v %d", m, n)
 			}
 		}
-		if up, n, err := parseUserPass(b); check(err) {
-			enc := appendUserPass(nil, up.user, up.pass)
+		if up, n, err := ParseUserPass(b); check(err) {
+			enc := AppendUserPass(nil, up.User, up.Pass)
 			if !bytes.Equal(enc, b[:n]) {
 				t.Fatalf("userpass re-encoded %q, read %q", enc, b[:n])
 			}
 		}
-		if r, n, err := parseRequest(b); check(err) {
+		if r, n, err := ParseRequest5(b); check(err) {
 			if n > len(b) {
 				t.Fatalf("request used %d of %d bytes", n, len(b))
 			}
-			enc := r.append(nil)
-			r2, n2, err := parseRequest(enc)
+			enc := r.Append(nil)
+			r2, n2, err := ParseRequest5(enc)
 			if err != nil || r2 != r || n2 != len(enc) {
 				t.Fatalf("second decode: %+v %d %v, first %+v", r2, n2, err, r)
 			}
