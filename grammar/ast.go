@@ -104,6 +104,9 @@ type Host struct {
 	// kinds, Mask is the (ignored) mask token.
 	Addr, Mask netip.Addr
 	Name       string
+	// FamilyOnly: a zero mask matches every address of Addr's family only
+	// (srelay.conf's 0.0.0.0 and [::]), not every host.
+	FamilyOnly bool
 }
 
 // PortOp is a port operator.
@@ -130,4 +133,99 @@ type PortTest struct {
 	Op      PortOp
 	Lo, Hi  uint16
 	Service string
+}
+
+// RouteFile is a parsed routing table: socks.conf, or srelay.conf read as
+// one. Routes are in file order; the first that matches decides.
+type RouteFile struct {
+	Filename string
+	Routes   []*Route
+	// DefaultDirect: a destination no route matches goes direct (srelay);
+	// otherwise it is refused (socks.conf).
+	DefaultDirect bool
+	Warnings      ErrorList
+}
+
+// RouteAction is what a route does with the requests it matches.
+type RouteAction uint8
+
+const (
+	RouteDeny   RouteAction = iota // deny
+	RouteDirect                    // direct
+	RouteVia                       // sockd: through a next hop
+)
+
+func (a RouteAction) String() string {
+	return [...]string{"deny", "direct", "sockd"}[a]
+}
+
+// Route is one socks.conf line (or srelay.conf line).
+type Route struct {
+	Pos    Pos
+	Action RouteAction
+	// Servers are the alternatives of a RouteVia line, tried in order;
+	// nil means the default server (-socks-server, $SOCKS_SERVER).
+	Servers    []Chain
+	ServersPos Pos
+	Users      []User
+	Dst        Host
+	Port       *PortTest
+	Command    string
+	CommandPos Pos
+}
+
+// Chain is one alternative of a server list: hops in the order the
+// traffic flows, nearest first.
+type Chain struct {
+	Pos  Pos
+	Hops []Hop
+}
+
+// HopProto is the protocol spoken to a next hop.
+type HopProto uint8
+
+const (
+	// HopLegacy is a bare host as legacy rsockd wrote it: SOCKS4, or 4a
+	// for a destination name.
+	HopLegacy HopProto = iota
+	HopSOCKS4
+	HopSOCKS4a
+	HopSOCKS5
+	HopHTTP
+)
+
+var hopSchemes = [...]string{"", "socks4", "socks4a", "socks5", "http"}
+
+func (p HopProto) String() string { return hopSchemes[p] }
+
+// Hop is one next hop.
+type Hop struct {
+	Pos   Pos
+	Proto HopProto
+	Host  string // an address (IPv6 without brackets) or a name
+	Port  uint16 // 0: the default (socks/tcp from /etc/services, or 1080; 8080 for http)
+}
+
+// InterfaceFile is a parsed sockd.route: which local address to use for
+// which destinations.
+type InterfaceFile struct {
+	Filename string
+	Lines    []*Interface
+}
+
+// Interface is one sockd.route line: connections to Dst go out from Addr.
+type Interface struct {
+	Pos  Pos
+	Addr netip.Addr
+	Dst  Host
+}
+
+// Credential is one srelay.passwd line: the user and password for a next
+// hop (a host, and a port or any).
+type Credential struct {
+	Pos      Pos
+	Host     string
+	Port     uint16 // 0: any port
+	User     string
+	Password string
 }

@@ -79,3 +79,61 @@ func sameRule(a, b *Rule) bool {
 func sameHost(a, b *Host) bool {
 	return a.Kind == b.Kind && a.Addr == b.Addr && a.Mask == b.Mask && a.Name == b.Name
 }
+
+// FuzzParseSocks: as FuzzParseSockd, for socks.conf.
+func FuzzParseSocks(f *testing.F) {
+	f.Add("direct 10.0.0.0 255.0.0.0\nsockd @=gw1,10.0.0.11 0.0.0.0 0.0.0.0\n")                 // legacy
+	f.Add("sockd@gw2,gw3 172.16.0.0 255.240.0.0 : logger %u\n")                                 // legacy spelling
+	f.Add("sockd @=socks5://a:1080>http://b:3128,[2001:db8::1]:1080 .example.com 0.0.0.0 ge 1024\n") // chains
+	f.Add("deny *=guest ALL 0.0.0.0 eq telnet\nnameserver 10.0.0.53\n")                        // other dialect
+	f.Add("sockd @=,, ALL\ndirect @=x\nsockd @=ftp://h\n")                                       // errors
+	f.Fuzz(func(t *testing.T, src string) {
+		file, err := ParseSocks("s.conf", strings.NewReader(src))
+		if err != nil {
+			for _, e := range Errors(err) {
+				if e.Pos.Filename != "s.conf" || e.Pos.Line < 1 || e.Pos.Column < 1 {
+					t.Fatalf("bad position in %q", e)
+				}
+			}
+			return
+		}
+		text := file.Format()
+		again, err := ParseSocks("s.conf", bytes.NewReader(text))
+		if err != nil {
+			t.Fatalf("printed file does not parse: %v\n%s", err, text)
+		}
+		if got := string(again.Format()); got != string(text) {
+			t.Fatalf("printed:\n%s\nprinted again:\n%s", text, got)
+		}
+	})
+}
+
+// FuzzParseSrelay and FuzzParseInterfaces: no panic, no hang, errors at
+// positions inside the file.
+func FuzzParseSrelay(f *testing.F) {
+	f.Add("10.10.0.0/16 any 10.10.10.1\nDest any Socks-Island 1080 FireWall 8080/H ; c\n")
+	f.Add("[::] 22 v6gw\n0.0.0.0 - gw\n* 512- x 1/S\n")
+	f.Fuzz(func(t *testing.T, src string) {
+		if _, err := ParseSrelay("r.conf", strings.NewReader(src)); err != nil {
+			for _, e := range Errors(err) {
+				if e.Pos.Line < 1 || e.Pos.Column < 1 {
+					t.Fatalf("bad position in %q", e)
+				}
+			}
+		}
+	})
+}
+
+func FuzzParseInterfaces(f *testing.F) {
+	f.Add("192.168.1.1 192.168.0.0 255.255.0.0\n[2001:db8::1] [2001:db8::/32]\n")
+	f.Add("10.0.0.1 ALL 0.0.0.0 extra : cmd\n")
+	f.Fuzz(func(t *testing.T, src string) {
+		if _, err := ParseInterfaces("sockd.route", strings.NewReader(src)); err != nil {
+			for _, e := range Errors(err) {
+				if e.Pos.Line < 1 || e.Pos.Column < 1 {
+					t.Fatalf("bad position in %q", e)
+				}
+			}
+		}
+	})
+}

@@ -108,12 +108,7 @@ func ParseSockd(filename string, r io.Reader) (*File, error) {
 	f := &File{Filename: filename}
 	var errs ErrorList
 	for _, pl := range lines {
-		if len(pl.text) > MaxLine {
-			errs.Add(Pos{Filename: filename, Line: pl.num, Column: MaxLine + 1, Offset: pl.offset + MaxLine},
-				"line is %d bytes long, the limit is %d", len(pl.text), MaxLine)
-			continue
-		}
-		if blank(pl.text) {
+		if tooLong(filename, pl, &errs) || blank(pl.text) {
 			continue
 		}
 		syn, err := parseLine(sockdParser, sockdLexer, filename, pl)
