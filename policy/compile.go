@@ -35,10 +35,24 @@ type Options struct {
 	// LookupPort finds a TCP service name; nil means net.LookupPort,
 	// which reads /etc/services.
 	LookupPort func(service string) (int, error)
+
+	// Routes is the routing table (socks.conf or srelay.conf); nil means
+	// every permitted request goes out directly.
+	Routes *grammar.RouteFile
+	// DefaultServer is the next hop of sockd lines without a server list
+	// (-socks-server, $SOCKS_SERVER), written as in a server list.
+	DefaultServer string
+	// Credentials are the next hops' users and passwords
+	// (-upstream-passwd).
+	Credentials []grammar.Credential
+	// Interfaces (sockd.route) chooses the local address of outgoing
+	// connections and BIND listeners; nil leaves it to the system.
+	Interfaces *grammar.InterfaceFile
 }
 
-// Compile turns a parsed sockd.conf into a Ruleset. It reads the user files
-// the rules name, looks up service names, and checks the file as a whole.
+// Compile turns a parsed sockd.conf, and the routing files in opt, into a
+// Ruleset. It reads the user files the rules name, looks up service names,
+// and checks the files as a whole.
 // Every problem is reported in one grammar.ErrorList, each at its
 // FILE:LINE:COL; any error means no Ruleset.
 func Compile(f *grammar.File, opt Options) (*Ruleset, error) {
@@ -58,6 +72,13 @@ func Compile(f *grammar.File, opt Options) (*Ruleset, error) {
 	}
 	if f.BadID != nil {
 		rs.badID = &Hook{Source: posString(f.BadID.Pos), Template: f.BadID.Command}
+	}
+	if opt.Routes != nil {
+		rs.routes = c.compileRoutes(opt.Routes, &rs.Warnings)
+		rs.Warnings = append(rs.Warnings, opt.Routes.Warnings...)
+	}
+	if opt.Interfaces != nil {
+		rs.interfaces = c.compileInterfaces(opt.Interfaces, &rs.Warnings)
 	}
 	if err := c.errs.Err(); err != nil {
 		return nil, err
@@ -91,42 +112,66 @@ func (c *compiler) rule(filename string, gr *grammar.Rule, warns *grammar.ErrorL
 	if gr.Dst != nil {
 		r.to, r.hasTo = c.host(*gr.Dst, warns), true
 	}
-	if p := gr.Port; p != nil {
-		lo, hi := p.Lo, p.Hi
-		if p.Service != "" {
-			n, err := c.opt.LookupPort(p.Service)
-			if err != nil || n < 0 || n > 65535 {
-				c.errs.Add(p.PortPos, "port %q is not a number or a tcp service name (see /etc/services)", p.Service)
-			}
-			lo, hi = uint16(n), uint16(n)
-		}
-		r.port = compilePort(p, lo, hi)
+	if gr.Port != nil {
+		r.port = c.port(gr.Port)
 	}
-	if len(gr.Users) > 0 {
-		r.users = map[string]struct{}{}
-		var desc []string
-		for _, u := range gr.Users {
-			if !u.IsFile() {
-				r.users[u.Name] = struct{}{}
-				desc = append(desc, u.Name)
-				continue
-			}
-			ids, err := c.userFile(u.Name)
-			if err != nil {
-				c.errs.Add(u.Pos, "user file %s: %v", u.Name, err)
-				continue
-			}
-			for _, id := range ids {
-				r.users[id] = struct{}{}
-			}
-			desc = append(desc, fmt.Sprintf("%s(%d users)", u.Name, len(ids)))
-		}
-		r.userDesc = strings.Join(desc, ",")
-	}
+	r.users = c.users(gr.Users)
+	r.userDesc = c.userDesc(gr.Users)
 	if gr.Command != "" {
 		r.hook = &Hook{Source: r.pos, Template: gr.Command}
 	}
 	return r
+}
+
+// port compiles a port test, looking up a service name.
+func (c *compiler) port(p *grammar.PortTest) portMatch {
+	lo, hi := p.Lo, p.Hi
+	if p.Service != "" {
+		n, err := c.opt.LookupPort(p.Service)
+		if err != nil || n < 0 || n > 65535 {
+			c.errs.Add(p.PortPos, "port %q is not a number or a tcp service name (see /etc/services)", p.Service)
+		}
+		lo, hi = uint16(n), uint16(n)
+	}
+	return compilePort(p, lo, hi)
+}
+
+// users compiles a *= list, reading the user files it names; nil means
+// any user.
+func (c *compiler) users(list []grammar.User) map[string]struct{} {
+	if len(list) == 0 {
+		return nil
+	}
+	set := map[string]struct{}{}
+	for _, u := range list {
+		if !u.IsFile() {
+			set[u.Name] = struct{}{}
+			continue
+		}
+		ids, err := c.userFile(u.Name)
+		if err != nil {
+			c.errs.Add(u.Pos, "user file %s: %v", u.Name, err)
+			continue
+		}
+		for _, id := range ids {
+			set[id] = struct{}{}
+		}
+	}
+	return set
+}
+
+// userDesc describes a *= list for printing: ids, and files with their
+// number of users.
+func (c *compiler) userDesc(list []grammar.User) string {
+	var desc []string
+	for _, u := range list {
+		if ids, ok := c.userFiles[u.Name]; ok && u.IsFile() {
+			desc = append(desc, fmt.Sprintf("%s(%d users)", u.Name, len(ids)))
+		} else {
+			desc = append(desc, u.Name)
+		}
+	}
+	return strings.Join(desc, ",")
 }
 
 func (c *compiler) host(h grammar.Host, warns *grammar.ErrorList) hostMatch {

@@ -47,9 +47,19 @@ type Decision struct {
 	// Ident is the identd answer, when identd was asked (IdentAsked).
 	Ident      IdentResult
 	IdentAsked bool
-	// Hooks are the commands to run, in order; at most two.
-	Hooks    [2]*Hook
+	// Hooks are the commands to run, in order: #NO_IDENTD: or #BAD_ID:,
+	// the sockd.conf line's, the socks.conf line's.
+	Hooks    [3]*Hook
 	NumHooks int
+
+	// Route is how a permitted request goes out. When the route refuses
+	// it, Action is Deny and Rule is the route's; AccessRule keeps the
+	// sockd.conf line that admitted it.
+	Route      Route
+	AccessRule string
+	// Interfaces chooses the local address of outgoing connections
+	// (sockd.route); nil leaves it to the system.
+	Interfaces *Interfaces
 
 	// For a destination name that was resolved (Resolved): Addrs are the
 	// permitted addresses in resolver order, the only ones the server may

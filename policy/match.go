@@ -13,8 +13,11 @@ import (
 type hostMatch struct {
 	kind grammar.HostKind
 	// For HostAddr: any is set for an all-zero mask, which matches every
-	// host, IPv6 ones and hosts without an address included.
-	any  bool
+	// host, IPv6 ones and hosts without an address included — unless
+	// familyOnly (srelay.conf's 0.0.0.0 and [::]): then it matches the
+	// addresses of its family, and names.
+	any        bool
+	familyOnly bool
 	is4  bool
 	addr [16]byte // already masked
 	mask [16]byte
@@ -22,7 +25,7 @@ type hostMatch struct {
 }
 
 func compileHost(h grammar.Host, inverted bool) hostMatch {
-	m := hostMatch{kind: h.Kind, name: h.Name}
+	m := hostMatch{kind: h.Kind, name: h.Name, familyOnly: h.FamilyOnly}
 	if h.Kind != grammar.HostAddr {
 		return m
 	}
@@ -66,7 +69,7 @@ func maskBitsAtLeast(mask netip.Addr, n int) bool {
 // be called for name rules.
 func (m *hostMatch) matchAddr(a netip.Addr) bool {
 	if m.any {
-		return true
+		return !m.familyOnly || !a.IsValid() || a.Unmap().Is4() == m.is4
 	}
 	if !a.IsValid() {
 		return false
@@ -116,7 +119,7 @@ func (m *hostMatch) matchName(n string) bool {
 // can be told without DNS. It is used to find shadowed rules.
 func (m *hostMatch) covers(m2 *hostMatch) bool {
 	switch {
-	case m.kind == grammar.HostAll || m.kind == grammar.HostAddr && m.any:
+	case m.kind == grammar.HostAll || m.kind == grammar.HostAddr && m.any && !m.familyOnly:
 		return true
 	case m.kind == grammar.HostAddr:
 		if m2.kind != grammar.HostAddr || m2.any || m.is4 != m2.is4 {

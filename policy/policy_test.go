@@ -20,6 +20,8 @@ import (
 //	-- options --         optional: "ident=I", "ident=i", "inverted-masks"
 //	-- dns --             optional: "NAME ADDR..." and "ptr ADDR NAME" lines
 //	-- /any/abs/path --   user files, by their absolute path
+//	-- socks.conf --      optional routes (or srelay.conf), srelay.passwd
+//	                      credentials, "default-server=HOP" in options
 //	-- want.err --        the exact compile error, or
 //	-- warnings --        the exact warnings (may be empty), and
 //	-- queries --         "FIELDS => ACTION RULE REPLY [EXTRA...]" lines
@@ -28,7 +30,7 @@ import (
 // name=NAME port=N cmd=connect|bind|udp ident=agree|down|says:NAME
 // resolve=no. Expected extras: addrs=A,B (permitted addresses),
 // hooks=T1|T2 (hook templates), asked=true|false (identd was asked),
-// user=NAME.
+// user=NAME, route=KIND@RULE.
 func TestDecide(t *testing.T) {
 	paths, _ := filepath.Glob("testdata/decide/*.txtar")
 	if len(paths) == 0 {
@@ -49,7 +51,26 @@ func TestDecide(t *testing.T) {
 				}
 			}
 			opt := Options{FS: fsys}
+			if src, ok := sections["socks.conf"]; ok {
+				if opt.Routes, err = grammar.ParseSocks("socks.conf", strings.NewReader(src)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if src, ok := sections["srelay.conf"]; ok {
+				if opt.Routes, err = grammar.ParseSrelay("srelay.conf", strings.NewReader(src)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if src, ok := sections["srelay.passwd"]; ok {
+				if opt.Credentials, err = grammar.ParseCredentials("srelay.passwd", strings.NewReader(src)); err != nil {
+					t.Fatal(err)
+				}
+			}
 			for _, o := range strings.Fields(sections["options"]) {
+				if v, ok := strings.CutPrefix(o, "default-server="); ok {
+					opt.DefaultServer = v
+					continue
+				}
 				switch o {
 				case "ident=I":
 					opt.Ident = grammar.IdentStrict
@@ -198,6 +219,13 @@ func parseQuery(t *testing.T, s string, dns *fakeDNS) Query {
 	return q
 }
 
+func ruleOr(r string) string {
+	if r == "" {
+		return "default"
+	}
+	return r
+}
+
 // describeDecision prints d in the form of the expectations, with the
 // extras that the expectation asks about.
 func describeDecision(d *Decision, want []string) string {
@@ -225,6 +253,8 @@ func describeDecision(d *Decision, want []string) string {
 			out += fmt.Sprintf(" asked=%v", d.IdentAsked)
 		case "user":
 			out += " user=" + d.User
+		case "route":
+			out += " route=" + strings.ReplaceAll(d.Route.String(), " ", "_") + "@" + ruleOr(d.Route.Rule)
 		default:
 			out += " " + w + "?"
 		}
@@ -325,5 +355,55 @@ func TestRulesetString(t *testing.T) {
 	}
 	if fs := rs.Files(); len(fs) != 1 || fs[0] != "/etc/staff" {
 		t.Errorf("Files() = %v", fs)
+	}
+}
+
+// Routes and interfaces print for "sockd check", credentials attach to
+// their hops but never print, and sockd.route chooses source addresses.
+func TestRoutesCompiled(t *testing.T) {
+	f, err := grammar.ParseSockd("sockd.conf", strings.NewReader("permit ALL 0.0.0.0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routes, err := grammar.ParseSocks("socks.conf", strings.NewReader(
+		"sockd @=gw1,socks5://gw2>http://gw3:3128 .example.com 0.0.0.0 : echo x\ndirect *=alice 10.0.0.0/8 eq 80\nsockd ALL 0.0.0.0\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, _ := grammar.ParseCredentials("srelay.passwd", strings.NewReader("gw2 bob s3cret\ngw3/3128 carol pw2\n"))
+	ifaces, err := grammar.ParseInterfaces("sockd.route", strings.NewReader("192.0.2.1 10.0.0.0/8\n[2001:db8::1] [2001:db8::/32]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := Compile(f, Options{Routes: routes, Credentials: creds, Interfaces: ifaces, DefaultServer: "def.example:1081",
+		LookupPort: func(string) (int, error) { return 1080, nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "sockd.conf:1: permit ALL 0.0.0.0\n" +
+		"socks.conf:1: sockd @=gw1:1080,socks5://bob@gw2:1080>http://carol@gw3:3128 .example.com 0.0.0.0 : echo x\n" +
+		"socks.conf:2: direct *=alice 10.0.0.0 255.0.0.0 eq 80\n" +
+		"socks.conf:3: sockd @=def.example:1081 ALL 0.0.0.0\n" +
+		"sockd.route:1: 10.0.0.0 255.0.0.0 from 192.0.2.1\n" +
+		"sockd.route:2: [2001:db8::/32] from 2001:db8::1\n"
+	if got := rs.String(); got != want {
+		t.Errorf("got:\n%s\nwant:\n%s", got, want)
+	}
+	d := rs.Decide(context.Background(), Query{Command: Connect, Client: netip.MustParseAddr("10.0.0.1"), DstName: "www.example.com", Port: 443})
+	hops := d.Route.Chains[1]
+	if hops[0].User != "bob" || hops[0].Password != "s3cret" || hops[1].User != "carol" || hops[1].Password != "pw2" {
+		t.Errorf("credentials: %+v", hops)
+	}
+	if s := d.Route.String(); strings.Contains(s, "s3cret") || strings.Contains(s, "bob") {
+		t.Errorf("route string shows credentials: %s", s)
+	}
+	for _, tc := range []struct {
+		dst, src string
+		ok       bool
+	}{{"10.1.2.3", "192.0.2.1", true}, {"2001:db8::7", "2001:db8::1", true}, {"8.8.8.8", "invalid IP", false}} {
+		src, _, ok := d.Interfaces.Source(netip.MustParseAddr(tc.dst))
+		if src.String() != tc.src || ok != tc.ok {
+			t.Errorf("Source(%s) = %s, %v", tc.dst, src, ok)
+		}
 	}
 }

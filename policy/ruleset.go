@@ -14,10 +14,12 @@ import (
 // Rules are kept in file order; the first that matches decides; no match
 // denies.
 type Ruleset struct {
-	rules    []rule
-	noIdentd *Hook
-	badID    *Hook
-	files    []string
+	rules      []rule
+	noIdentd   *Hook
+	badID      *Hook
+	routes     *routeTable // nil: everything permitted goes direct
+	interfaces *Interfaces
+	files      []string
 	// Warnings are the parser's and the compiler's warnings, sorted.
 	Warnings grammar.ErrorList
 }
@@ -46,8 +48,11 @@ func (r *rule) identOn() bool {
 // reload.
 func (rs *Ruleset) Files() []string { return rs.files }
 
-// Len returns the number of rules.
+// Len returns the number of sockd.conf rules.
 func (rs *Ruleset) Len() int { return len(rs.rules) }
+
+// HasRoutes reports whether a routing table is in use.
+func (rs *Ruleset) HasRoutes() bool { return rs.routes != nil }
 
 // String prints the compiled rules, one per line, with their FILE:LINE, the
 // effective ident mode, and service names and user files resolved. It is
@@ -84,6 +89,19 @@ func (rs *Ruleset) String() string {
 	if rs.badID != nil {
 		fmt.Fprintf(&b, "%s: #BAD_ID: %s\n", rs.badID.Source, rs.badID.Template)
 	}
+	if rs.routes != nil {
+		for i := range rs.routes.rules {
+			rs.routes.rules[i].describe(&b)
+		}
+		if rs.routes.defaultDirect {
+			b.WriteString("# no route matched: direct\n")
+		}
+	}
+	if rs.interfaces != nil {
+		for _, l := range rs.interfaces.lines {
+			fmt.Fprintf(&b, "%s: %s from %s\n", l.rule, l.src.Dst, l.addr)
+		}
+	}
 	return b.String()
 }
 
@@ -102,15 +120,17 @@ func (m *portMatch) serviceNumber(op grammar.PortOp) int {
 	return 0
 }
 
-// Decide judges one request against the rules (sockd.conf(5), Evaluation).
+// Decide judges one request against the rules (sockd.conf(5), Evaluation),
+// then, when it is permitted, routes it (socks.conf(5), Matching).
 //
 // A destination given as a name is matched by name rules as requested. When
-// q.Resolve is set (the connection goes out directly), the name is resolved
-// once and the rules are evaluated per resolved address: the decision is
-// that of the first permitted address, and Decision.Addrs lists the
-// permitted addresses in resolver order — the only ones the server may
-// connect to. Otherwise, and for a name that does not resolve, only ALL,
-// name rules and mask 0.0.0.0 can match the destination.
+// the connection goes out directly or to a plain SOCKS4 hop (and q.Resolve
+// is set), the name is resolved once and the rules are evaluated per
+// resolved address: the decision is that of the first permitted address,
+// and Decision.Addrs lists the permitted addresses in resolver order — the
+// only ones the server may connect to. Otherwise, and for a name that does
+// not resolve, only ALL, name rules and mask 0.0.0.0 can match the
+// destination; routes match names the same way.
 //
 // identd is asked only when a matching permit rule is in mode I or i, or
 // when a rule's user list needs the identd answer of a SOCKS5 client that
@@ -119,12 +139,46 @@ func (rs *Ruleset) Decide(ctx context.Context, q Query) Decision {
 	if q.Command == Connect && q.DstName == "" && (!q.Dst.IsValid() || q.Dst.Unmap().IsUnspecified()) {
 		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "connect to an unspecified address"}
 	}
-	if q.DstName == "" || q.Resolve == nil {
-		return rs.decideOne(ctx, &q, q.Dst)
+	// The route says whether a name is resolved here: going direct, or to
+	// a plain SOCKS4 hop, it is; a hop that carries names gets it as is.
+	route, hook := rs.routes.route(ctx, &q, q.User)
+	resolved := q.DstName != "" && q.Resolve != nil && route.needsAddress()
+	d := rs.access(ctx, &q, resolved)
+	if !d.Permitted() {
+		return d
+	}
+	if rs.routes != nil && d.User != q.User {
+		// The user the rules settled on (the identd answer of a SOCKS5
+		// client without authentication) is the one routes compare.
+		if r, h := rs.routes.route(ctx, &q, d.User); r.Rule != route.Rule {
+			route, hook = r, h
+			if !resolved && q.DstName != "" && q.Resolve != nil && route.needsAddress() {
+				if d = rs.access(ctx, &q, true); !d.Permitted() {
+					return d
+				}
+			}
+		}
+	}
+	d.Route, d.AccessRule, d.Interfaces = route, d.Rule, rs.interfaces
+	d.addHook(hook)
+	if route.Kind == RouteDeny {
+		d.Action, d.Reply, d.Rule, d.Reason = grammar.Deny, Rejected, route.Rule, "denied by route"
+		if route.Rule == "" {
+			d.Reason = "no route matched"
+		}
+	}
+	return d
+}
+
+// access judges q against sockd.conf alone. With resolve, a destination
+// name is resolved and judged per address (see Decide).
+func (rs *Ruleset) access(ctx context.Context, q *Query, resolve bool) Decision {
+	if !resolve {
+		return rs.decideOne(ctx, q, q.Dst)
 	}
 	addrs, err := q.Resolve(ctx, q.DstName)
 	if err != nil || len(addrs) == 0 {
-		d := rs.decideOne(ctx, &q, netip.Addr{})
+		d := rs.decideOne(ctx, q, netip.Addr{})
 		d.Resolved, d.ResolveErr = true, err
 		return d
 	}
@@ -132,7 +186,7 @@ func (rs *Ruleset) Decide(ctx context.Context, q Query) Decision {
 	verdicts := make([]AddrVerdict, len(addrs))
 	var permitted []netip.Addr
 	for i, a := range addrs {
-		d := rs.decideOne(ctx, &q, a)
+		d := rs.decideOne(ctx, q, a)
 		verdicts[i] = AddrVerdict{Addr: a, Action: d.Action, Rule: d.Rule}
 		if i == 0 {
 			first = d
@@ -241,16 +295,23 @@ func (r *rule) matchHosts(ctx context.Context, q *Query, dst netip.Addr) bool {
 			return false
 		}
 	}
-	if r.hasTo && r.to.needsName() {
-		switch {
-		case q.DstName != "":
-			return r.to.matchName(q.DstName)
-		case q.DstAddrName != nil && dst.IsValid():
-			return r.to.matchName(q.DstAddrName(ctx, dst))
-		}
-		return false
+	return !r.hasTo || !r.to.needsName() || matchDst(ctx, &r.to, q, dst)
+}
+
+// matchDst matches a destination against m: a name rule compares the
+// requested name, or for an address the forward-confirmed reverse name; a
+// numeric rule compares the address (invalid for an unresolved name).
+func matchDst(ctx context.Context, m *hostMatch, q *Query, dst netip.Addr) bool {
+	if !m.needsName() {
+		return m.kind == grammar.HostAll || m.matchAddr(dst)
 	}
-	return true
+	switch {
+	case q.DstName != "":
+		return m.matchName(q.DstName)
+	case q.DstAddrName != nil && dst.IsValid():
+		return m.matchName(q.DstAddrName(ctx, dst))
+	}
+	return false
 }
 
 // Live holds the Ruleset in force and swaps it atomically on reload. Its
