@@ -82,11 +82,11 @@ func sameHost(a, b *Host) bool {
 
 // FuzzParseSocks: as FuzzParseSockd, for socks.conf.
 func FuzzParseSocks(f *testing.F) {
-	f.Add("direct 10.0.0.0 255.0.0.0\nsockd @=gw1,10.0.0.11 0.0.0.0 0.0.0.0\n")                 // legacy
-	f.Add("sockd@gw2,gw3 172.16.0.0 255.240.0.0 : logger %u\n")                                 // legacy spelling
+	f.Add("direct 10.0.0.0 255.0.0.0\nsockd @=gw1,10.0.0.11 0.0.0.0 0.0.0.0\n")                      // legacy
+	f.Add("sockd@gw2,gw3 172.16.0.0 255.240.0.0 : logger %u\n")                                      // legacy spelling
 	f.Add("sockd @=socks5://a:1080>http://b:3128,[2001:db8::1]:1080 .example.com 0.0.0.0 ge 1024\n") // chains
-	f.Add("deny *=guest ALL 0.0.0.0 eq telnet\nnameserver 10.0.0.53\n")                        // other dialect
-	f.Add("sockd @=,, ALL\ndirect @=x\nsockd @=ftp://h\n")                                       // errors
+	f.Add("deny *=guest ALL 0.0.0.0 eq telnet\nnameserver 10.0.0.53\n")                              // other dialect
+	f.Add("sockd @=,, ALL\ndirect @=x\nsockd @=ftp://h\n")                                           // errors
 	f.Fuzz(func(t *testing.T, src string) {
 		file, err := ParseSocks("s.conf", strings.NewReader(src))
 		if err != nil {

@@ -18,10 +18,10 @@ type hostMatch struct {
 	// addresses of its family, and names.
 	any        bool
 	familyOnly bool
-	is4  bool
-	addr [16]byte // already masked
-	mask [16]byte
-	name string // lower case, no trailing dot
+	is4        bool
+	addr       [16]byte // already masked
+	mask       [16]byte
+	name       string // lower case, no trailing dot
 }
 
 func compileHost(h grammar.Host, inverted bool) hostMatch {

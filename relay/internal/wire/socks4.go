@@ -28,7 +28,7 @@ import (
 // VN is 0 in replies (legacy sockd wrongly sent 4 with 92 and 93).
 
 const (
-	Version4 = 4
+	Version4    = 4
 	Cmd4Connect = 1
 	Cmd4Bind    = 2
 

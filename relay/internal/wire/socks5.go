@@ -11,9 +11,9 @@ import (
 const (
 	Version5 = 5
 
-	MethodNone     = 0x00
-	MethodPassword = 0x02
-	MethodNoAcceptable   = 0xff // "NO ACCEPTABLE METHODS"
+	MethodNone         = 0x00
+	MethodPassword     = 0x02
+	MethodNoAcceptable = 0xff // "NO ACCEPTABLE METHODS"
 
 	CmdConnect = 1
 	CmdBind    = 2
