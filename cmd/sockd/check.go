@@ -8,10 +8,10 @@ import (
 
 // check loads every configured file and prints the compiled rules (exit 0)
 // or every error (exit 1), like relayd -n and nginx -t.
-func check(args []string, stdout, stderr io.Writer) int {
+func check(name string, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("sockd check", flag.ContinueOnError)
-	o.fileFlags(fs)
+	o.fileFlags(fs, name)
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return 2
 	}
@@ -31,8 +31,8 @@ func check(args []string, stdout, stderr io.Writer) int {
 	for _, w := range c.rules.Warnings {
 		fmt.Fprintf(stderr, "warning: %s\n", w)
 	}
-	if fc := frozenWarning(o.config); fc != "" {
-		fmt.Fprintf(stderr, "warning: %s exists; legacy sockd would have used it, this one reads %s\n", fc, o.config)
+	for _, fc := range frozenWarnings(&o) {
+		fmt.Fprintf(stderr, "warning: %s exists; a legacy server would have read it instead of the text file; sockd never does\n", fc)
 	}
 	fmt.Fprint(stdout, c.rules)
 	fmt.Fprintf(stdout, "# %d rules from %d files, sha256 %s\n", c.rules.Len(), len(c.files), c.sum)

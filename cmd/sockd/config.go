@@ -45,16 +45,50 @@ func load(o *options) (*config, error) {
 	var errs grammar.ErrorList
 	c := &config{}
 	f, err := grammar.ParseSockd(o.config, bytes.NewReader(src))
-	if err == nil {
-		c.rules, err = policy.Compile(f, policy.Options{
-			FS:            hashingFS{fs: os.DirFS("/"), h: h},
-			Ident:         o.identMode(),
-			InvertedMasks: o.invertedMasks,
-		})
+	errs = append(errs, grammar.Errors(err)...)
+	opt := policy.Options{
+		FS:            hashingFS{fs: os.DirFS("/"), h: h},
+		Ident:         o.identMode(),
+		InvertedMasks: o.invertedMasks,
+		DefaultServer: o.socksServer,
 	}
-	if err != nil {
-		if errs = grammar.Errors(err); len(errs) == 0 {
+	// Each routing file is read, hashed and parsed; errors of all files are
+	// reported together.
+	readParse := func(path string, parse func(string, *bytes.Reader) error) error {
+		if path == "" {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		files = append(files, path)
+		h.Write(b)
+		errs = append(errs, grammar.Errors(parse(path, bytes.NewReader(b)))...)
+		return nil
+	}
+	if o.routes != "" && o.srelayConf != "" {
+		return nil, fmt.Errorf("give -routes or -srelay-conf, not both")
+	}
+	for _, rf := range []struct {
+		path  string
+		parse func(string, *bytes.Reader) error
+	}{
+		{o.routes, func(p string, r *bytes.Reader) (err error) { opt.Routes, err = grammar.ParseSocks(p, r); return }},
+		{o.srelayConf, func(p string, r *bytes.Reader) (err error) { opt.Routes, err = grammar.ParseSrelay(p, r); return }},
+		{o.interfaces, func(p string, r *bytes.Reader) (err error) { opt.Interfaces, err = grammar.ParseInterfaces(p, r); return }},
+		{o.upstreamPasswd, func(p string, r *bytes.Reader) (err error) { opt.Credentials, err = grammar.ParseCredentials(p, r); return }},
+	} {
+		if err := readParse(rf.path, rf.parse); err != nil {
 			return nil, err
+		}
+	}
+	if len(errs) == 0 {
+		c.rules, err = policy.Compile(f, opt)
+		if err != nil {
+			if errs = grammar.Errors(err); len(errs) == 0 {
+				return nil, err
+			}
 		}
 	}
 	if c.rules != nil {
@@ -195,12 +229,19 @@ func resolver(nameserver string) (*net.Resolver, error) {
 	}, nil
 }
 
-// frozenWarning names the frozen configuration a legacy server would have
-// preferred to the text file, when one exists next to it.
-func frozenWarning(config string) string {
-	fc := strings.TrimSuffix(config, filepath.Ext(config)) + ".fc"
-	if _, err := os.Stat(fc); err == nil {
-		return fc
+// frozenWarnings name the frozen configurations (sockd.fc, socks.fc) a
+// legacy server would have preferred to the text files, when they exist
+// next to them.
+func frozenWarnings(o *options) []string {
+	var out []string
+	for _, conf := range []string{o.config, o.routes} {
+		if conf == "" {
+			continue
+		}
+		fc := strings.TrimSuffix(conf, filepath.Ext(conf)) + ".fc"
+		if _, err := os.Stat(fc); err == nil {
+			out = append(out, fc)
+		}
 	}
-	return ""
+	return out
 }

@@ -26,10 +26,10 @@ import (
 // address of a destination name, the route, and one "run: COMMAND" line per
 // command that would run (none is run). Exit status 0 permit, 1 deny, 2
 // error.
-func explain(args []string, stdout, stderr io.Writer) int {
+func explain(name string, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("sockd explain", flag.ContinueOnError)
-	o.fileFlags(fs)
+	o.fileFlags(fs, name)
 	from := fs.String("from", "127.0.0.1", "client `address`")
 	user := fs.String("user", "", "claimed user (SOCKS4 USERID), or with -socks5 the authenticated username")
 	identMode := fs.String("ident", "agree", "identd answer: `agree`, down or says:NAME")
@@ -80,8 +80,16 @@ func explain(args []string, stdout, stderr io.Writer) int {
 	if d.Resolved && d.ResolveErr != nil {
 		fmt.Fprintf(stdout, "# %s does not resolve: %v\n", q.DstName, d.ResolveErr)
 	}
-	if d.Permitted() {
+	switch r := d.Route; {
+	case d.Permitted() && r.Kind == policy.RouteDirect:
 		fmt.Fprintln(stdout, "route direct")
+		if r.Rule != "" {
+			fmt.Fprintf(stdout, "# direct by %s\n", r.Rule)
+		}
+	case d.Permitted():
+		fmt.Fprintf(stdout, "route %s %s\n", r, r.Rule)
+	case r.Kind == policy.RouteDeny:
+		fmt.Fprintf(stdout, "route deny %s\n", ruleOrDefault(r.Rule))
 	}
 	tok := policy.TokensFor(&q, &d)
 	tok.PID = strconv.Itoa(os.Getpid())

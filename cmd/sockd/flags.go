@@ -16,7 +16,12 @@ import (
 
 // options are the command-line settings shared by serve, check and explain.
 type options struct {
-	config        string
+	config         string
+	routes         string
+	srelayConf     string
+	interfaces     string
+	upstreamPasswd string
+	socksServer    string
 	passwd        string
 	auth          string
 	listen        listFlag
@@ -48,8 +53,20 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 // fileFlags registers the flags that name the files a configuration is
 // made of, and what changes their meaning: every subcommand has them.
-func (o *options) fileFlags(fs *flag.FlagSet) {
+//
+// Invoked as rsockd, the server reads /etc/socks.conf by default, as legacy
+// rsockd did.
+func (o *options) fileFlags(fs *flag.FlagSet, name string) {
 	fs.StringVar(&o.config, "config", "/etc/sockd.conf", "access rules `file` (sockd.conf)")
+	defRoutes := ""
+	if name == "rsockd" {
+		defRoutes = "/etc/socks.conf"
+	}
+	fs.StringVar(&o.routes, "routes", defRoutes, "routing `file` (socks.conf): route like rsockd")
+	fs.StringVar(&o.srelayConf, "srelay-conf", "", "routing `file` in srelay.conf format, instead of -routes")
+	fs.StringVar(&o.interfaces, "interfaces", "", "outbound interface `file` (sockd.route)")
+	fs.StringVar(&o.upstreamPasswd, "upstream-passwd", "", "next-hop credentials `file` (srelay.passwd format: host[/port] user password)")
+	fs.StringVar(&o.socksServer, "socks-server", os.Getenv("SOCKS_SERVER"), "default next hop of sockd lines without a server list (default $SOCKS_SERVER)")
 	fs.StringVar(&o.passwd, "passwd", "", "SOCKS5 users, htpasswd `file` (bcrypt, as written by htpasswd -B)")
 	fs.StringVar(&o.auth, "auth", "", "SOCKS5 methods offered, in preference order: `none,password` (default none; password when -passwd is given)")
 	fs.BoolVar(&o.identLenient, "i", false, "identd mode lenient for rules without ?= (legacy)")

@@ -39,9 +39,9 @@ func run(name string, args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
 		switch args[0] {
 		case "check":
-			return check(args[1:], stdout, stderr)
+			return check(name, args[1:], stdout, stderr)
 		case "explain":
-			return explain(args[1:], stdout, stderr)
+			return explain(name, args[1:], stdout, stderr)
 		case "version":
 			fmt.Fprintln(stdout, versionString())
 			return 0

@@ -34,7 +34,7 @@ type daemon struct {
 func serve(name string, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	o.fileFlags(fs)
+	o.fileFlags(fs, name)
 	o.serveFlags(fs)
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return 2
@@ -92,8 +92,8 @@ func (d *daemon) start() error {
 		return err
 	}
 	d.install(c)
-	if fc := frozenWarning(d.o.config); fc != "" {
-		d.log.Warn("a frozen config exists; legacy sockd would have used it, this one reads the text file", "frozen", fc, "config", d.o.config)
+	for _, fc := range frozenWarnings(&d.o) {
+		d.log.Warn("a frozen config exists; a legacy server would have read it instead of the text file; sockd never does", "frozen", fc)
 	}
 	ic := &ident.Client{Port: uint16(d.o.identPort), Timeout: d.o.identTimeout, MaxConcurrent: 256}
 	d.srv = &relay.Server{

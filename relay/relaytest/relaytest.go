@@ -207,7 +207,7 @@ func leaked() string {
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "sockd/relay.") && !strings.Contains(g, "relaytest.leaked") {
+		if strings.Contains(g, "sockd-ng/sockd/") && !strings.Contains(g, "relaytest.leaked") && !strings.Contains(g, "testing.tRunner") {
 			out = append(out, g)
 		}
 	}

@@ -1,0 +1,225 @@
+package client_test
+
+// The peers nobody here wrote, Dante and tinyproxy, and the fake hops.
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sockd-ng/sockd/relay/relaytest"
+)
+
+// TestMain fails the run if goroutines of this module outlive the tests
+// that started them, after a bounded wait.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	deadline := time.Now().Add(5 * time.Second)
+	for code == 0 {
+		left := leaked()
+		if left == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			fmt.Fprintf(os.Stderr, "goroutines left behind:\n%s\n", left)
+			code = 1
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	os.Exit(code)
+}
+
+// leaked returns the stacks of goroutines running code of this module
+// (relay, relay/client and the tests' own fake hops), other than the
+// caller's.
+func leaked() string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "github.com/sockd-ng/sockd/") && !strings.Contains(g, "client_test.leaked") &&
+			!strings.Contains(g, "client_test.TestMain") {
+			out = append(out, g)
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+const (
+	testUser = "sockdtest" // a system user, for Dante's "socksmethod: username"
+	testPass = "S0cks-test pw"
+)
+
+// systemUser creates testUser with testPass, idempotently: Dante checks
+// RFC 1929 passwords against the system's password database.
+func systemUser(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("the Dante username test creates a system user and must run as root (as CI does)")
+	}
+	if _, err := user.Lookup(testUser); err != nil {
+		if out, err := exec.Command("useradd", "-M", "-s", "/usr/sbin/nologin", testUser).CombinedOutput(); err != nil {
+			t.Fatalf("useradd: %v\n%s", err, out)
+		}
+	}
+	cmd := exec.Command("chpasswd")
+	cmd.Stdin = strings.NewReader(testUser + ":" + testPass + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("chpasswd: %v\n%s", err, out)
+	}
+}
+
+// dante starts danted in the foreground on 127.0.0.1 with socksmethod
+// method ("none" or "username") and socksRule as its only socks rule.
+func dante(t *testing.T, method, socksRule string) string {
+	t.Helper()
+	if method == "username" {
+		systemUser(t)
+	}
+	port := relaytest.FreePort(t)
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "danted.conf")
+	err := os.WriteFile(conf, []byte(fmt.Sprintf(`logoutput: stderr
+internal: 127.0.0.1 port = %d
+external: 127.0.0.1
+clientmethod: none
+socksmethod: %s
+user.privileged: root
+user.unprivileged: nobody
+client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
+%s
+`, port, method, socksRule)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	d := relaytest.StartDaemon(t, "/usr/sbin/danted", "-f", conf, "-p", filepath.Join(dir, "danted.pid"), "-N", "1")
+	d.WaitTCP(t, addr)
+	return addr
+}
+
+const (
+	dantePass  = "socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }"
+	danteBlock = "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0 }"
+)
+
+// tinyproxy starts tinyproxy in the foreground on 127.0.0.1, allowing
+// CONNECT to the ports of allow (addresses) only, and asking for Basic
+// authorization user:pass when user is set.
+func tinyproxy(t *testing.T, user, pass string, allow ...string) string {
+	t.Helper()
+	port := relaytest.FreePort(t)
+	dir := t.TempDir()
+	var conf strings.Builder
+	fmt.Fprintf(&conf, "Port %d\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogLevel Info\n"+
+		"PidFile %q\nAllow 127.0.0.1\n", port, filepath.Join(dir, "tinyproxy.pid"))
+	for _, a := range allow {
+		fmt.Fprintf(&conf, "ConnectPort %d\n", netip.MustParseAddrPort(a).Port())
+	}
+	if user != "" {
+		fmt.Fprintf(&conf, "BasicAuth %s %s\n", user, pass)
+	}
+	path := filepath.Join(dir, "tinyproxy.conf")
+	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	d := relaytest.StartDaemon(t, "/usr/bin/tinyproxy", "-d", "-c", path)
+	d.WaitTCP(t, addr)
+	return addr
+}
+
+// fakeHop is a hop that reads what the client sends first, answers
+// reply and closes: garbage, a short reply, another protocol.
+func fakeHop(t *testing.T, reply []byte) string {
+	return relaytest.Serve(t, func(c net.Conn) {
+		c.Read(make([]byte, 512))
+		c.Write(reply)
+	})
+}
+
+// blackhole is a hop that accepts and never answers.
+func blackhole(t *testing.T) string {
+	return relaytest.Serve(t, func(c net.Conn) { io.Copy(io.Discard, c) })
+}
+
+// deadPort is a loopback address nothing listens on.
+func deadPort(t *testing.T) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(relaytest.FreePort(t)))
+}
+
+// passwords is a relay.Authenticator.
+type passwords map[string]string
+
+func (p passwords) Match(user, pass string) bool { q, ok := p[user]; return ok && q == pass }
+
+// resolver asks next, if any, and records the names asked; it fails the
+// test when asked for one of forbid.
+type resolver struct {
+	t    *testing.T
+	next interface {
+		LookupNetIP(context.Context, string, string) ([]netip.Addr, error)
+	}
+	forbid []string
+	mu     sync.Mutex
+	asked  []string
+}
+
+func (r *resolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	r.mu.Lock()
+	r.asked = append(r.asked, host)
+	r.mu.Unlock()
+	for _, f := range r.forbid {
+		if f == "*" || f == host {
+			r.t.Errorf("the Dialer resolved %q itself", host)
+		}
+	}
+	if r.next == nil {
+		return nil, &net.DNSError{Err: "no resolver in this test", Name: host, IsNotFound: true}
+	}
+	return r.next.LookupNetIP(ctx, network, host)
+}
+
+func (r *resolver) Asked() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.asked...)
+}
+
+// roundTrip checks that c is the *net.TCPConn itself, that data goes
+// through it to an echo server and back, and that a half-close ends it.
+// (tinyproxy closes both ways when its client half-closes, so the echo is
+// read before.)
+func roundTrip(t *testing.T, c net.Conn) {
+	t.Helper()
+	defer c.Close()
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		t.Fatalf("conn is a %T, want *net.TCPConn", c)
+	}
+	msg := []byte("through the hops and back\n")
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != string(msg) {
+		t.Fatalf("echo = %q, %v; want %q", got, err, msg)
+	}
+	tc.CloseWrite()
+	if rest, err := io.ReadAll(c); len(rest) != 0 || err != nil {
+		t.Fatalf("after the echo: %q, %v; want EOF", rest, err)
+	}
+}
