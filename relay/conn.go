@@ -53,6 +53,7 @@ type conn struct {
 	dst       wire.Addr
 	connected netip.AddrPort
 	rule      string
+	route     string
 	action    string
 	reason    string
 	via       string
@@ -388,12 +389,9 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 		c.refuse(reply(rep, netip.AddrPort{}))
 		return nil
 	}
-	addrs := d.Addrs
-	if !d.Resolved {
-		addrs = []netip.Addr{c.dst.IP}
-	}
-	c.via = "direct"
-	out, err := c.s.dialDirect(ctx, addrs, c.dst.Port)
+	c.route = d.Route.Rule
+	out, via, err := c.dialRoute(ctx, &d)
+	c.via = via
 	if err != nil {
 		if d.ResolveErr != nil {
 			err = fmt.Errorf("resolve %s: %w", c.dst.Name, d.ResolveErr)
@@ -518,6 +516,7 @@ func (c *conn) log() {
 	}
 	attrs = append(attrs,
 		slog.String("rule", rule),
+		slog.String("route", c.route),
 		slog.String("action", c.action),
 		slog.String("reason", c.reason),
 		slog.String("via", c.via),

@@ -3,13 +3,15 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"syscall"
-	"time"
 
 	"github.com/sockd-ng/sockd/relay/internal/wire"
+
+	"github.com/sockd-ng/sockd/policy"
 )
 
 // errNoAddress is a destination name without a permitted address.
@@ -17,8 +19,9 @@ var errNoAddress = errors.New("no address to connect to")
 
 // dialDirect connects to the first of addrs that answers, in order, each
 // attempt getting an equal share of the time left, as net.Dialer does for
-// names.
-func (s *Server) dialDirect(ctx context.Context, addrs []netip.Addr, port uint16) (*net.TCPConn, error) {
+// names. With sockd.route (in), each address goes out from the local
+// address its line names, and an address no line covers is not dialed.
+func (s *Server) dialDirect(ctx context.Context, in *policy.Interfaces, addrs []netip.Addr, port uint16) (*net.TCPConn, error) {
 	if len(addrs) == 0 {
 		return nil, errNoAddress
 	}
@@ -28,15 +31,21 @@ func (s *Server) dialDirect(ctx context.Context, addrs []netip.Addr, port uint16
 	}
 	var first error
 	for i, a := range addrs {
-		actx := ctx
-		if dl, ok := ctx.Deadline(); ok && i < len(addrs)-1 {
-			share := time.Until(dl) / time.Duration(len(addrs)-i)
-			var cancel context.CancelFunc
-			actx, cancel = context.WithTimeout(ctx, share)
-			defer cancel()
+		dd := d
+		if in != nil {
+			src, _, ok := in.Source(a)
+			if !ok {
+				if first == nil {
+					first = fmt.Errorf("connect %s: %w", a, errNoInterface)
+				}
+				continue
+			}
+			dd = &net.Dialer{Timeout: d.Timeout, KeepAliveConfig: d.KeepAliveConfig, LocalAddr: &net.TCPAddr{IP: src.AsSlice()}}
 		}
+		actx, cancel := shareDeadline(ctx, len(addrs)-i)
+		defer cancel()
 		target := netip.AddrPortFrom(a, port)
-		c, err := d.DialContext(actx, "tcp", target.String())
+		c, err := dd.DialContext(actx, "tcp", target.String())
 		if err == nil {
 			return c.(*net.TCPConn), nil
 		}
@@ -50,16 +59,16 @@ func (s *Server) dialDirect(ctx context.Context, addrs []netip.Addr, port uint16
 	return nil, first
 }
 
-// replyFor picks the SOCKS5 REP for an outbound failure from the error's
-// type, never its text (protocol.md).
-func replyFor(err error) byte {
+// replyForCause picks the SOCKS5 REP for a failure to connect by its
+// cause.
+func replyForCause(err error) byte {
 	var dnsErr *net.DNSError
 	switch {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return wire.RepRefused
 	case errors.Is(err, syscall.ENETUNREACH):
 		return wire.RepNetUnreachable
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, errNoAddress), errors.As(err, &dnsErr):
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, errNoAddress), errors.As(err, &dnsErr), errors.Is(err, errNoInterface):
 		return wire.RepHostUnreachable
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
 		return wire.RepHostUnreachable // sockd.conf(5): a failed connect is 3, 4 or 5

@@ -89,6 +89,7 @@ type Server struct {
 	MaxSessions int
 
 	nextID   atomic.Uint64
+	backoff  backoff
 	active   atomic.Int64
 	pipes    pipePool
 	initOnce sync.Once

@@ -297,7 +297,7 @@ func TestRelay(t *testing.T) {
 		t.Fatalf("got %d bytes back, err %v", n, err)
 	}
 	line := srv.Log.WaitFor(t, "msg=conn", "bytes_up=50331648", "bytes_down=16777248")
-	if !strings.Contains(line, "proto=socks4 cmd=connect") || !strings.Contains(line, "rule=sockd.conf:1 action=permit") {
+	if !strings.Contains(line, "proto=socks4 cmd=connect") || !strings.Contains(line, "rule=sockd.conf:1 route=\"\" action=permit") {
 		t.Errorf("log line: %s", line)
 	}
 }

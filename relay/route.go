@@ -1,0 +1,189 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sockd-ng/sockd/grammar"
+	"github.com/sockd-ng/sockd/policy"
+	"github.com/sockd-ng/sockd/relay/client"
+)
+
+// hopBackoff is how long a chain that failed is skipped while others are
+// left (socks.conf(5), Server lists).
+const hopBackoff = 30 * time.Second
+
+// backoff remembers chains that failed recently. Safe for concurrent use.
+type backoff struct {
+	mu     sync.Mutex
+	failed map[string]time.Time
+}
+
+func (b *backoff) fail(key string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.failed == nil {
+		b.failed = map[string]time.Time{}
+	}
+	b.failed[key] = time.Now()
+}
+
+func (b *backoff) ok(key string) {
+	b.mu.Lock()
+	delete(b.failed, key)
+	b.mu.Unlock()
+}
+
+func (b *backoff) skip(key string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	t, ok := b.failed[key]
+	if ok && time.Since(t) > hopBackoff {
+		delete(b.failed, key)
+		return false
+	}
+	return ok
+}
+
+// errNoInterface is a destination that no sockd.route line covers.
+var errNoInterface = errors.New("no sockd.route line for the destination")
+
+// dialRoute connects as d says: directly to the permitted addresses, or
+// through the first alternative chain that works. It returns the
+// connection and what it went through, for the log.
+func (c *conn) dialRoute(ctx context.Context, d *policy.Decision) (*net.TCPConn, string, error) {
+	if d.Route.Kind != policy.RouteVia {
+		addrs := d.Addrs
+		if !d.Resolved {
+			addrs = []netip.Addr{c.dst.IP}
+		}
+		out, err := c.s.dialDirect(ctx, d.Interfaces, addrs, c.dst.Port)
+		return out, "direct", err
+	}
+	// A name resolved here (for a plain SOCKS4 hop) is sent as its first
+	// permitted address; otherwise the name goes on as the client gave it.
+	target := c.dst.String()
+	if d.Resolved {
+		if len(d.Addrs) == 0 {
+			return nil, "", errNoAddress
+		}
+		target = netip.AddrPortFrom(d.Addrs[0], c.dst.Port).String()
+	}
+	chains := d.Route.Chains
+	var first error
+	tried := 0
+	for i, chain := range chains {
+		key := chainString(chain)
+		if c.s.backoff.skip(key) && anyLeft(&c.s.backoff, chains[i+1:]) {
+			continue
+		}
+		tried++
+		actx, cancel := shareDeadline(ctx, len(chains)-i)
+		out, err := c.dialChain(actx, d, chain, target)
+		cancel()
+		if err == nil {
+			c.s.backoff.ok(key)
+			return out, key, nil
+		}
+		if first == nil {
+			first = err
+		}
+		if !client.Retryable(err) || ctx.Err() != nil {
+			return nil, key, err // a definite refusal is final, as in legacy
+		}
+		c.s.backoff.fail(key)
+		c.s.logger().Warn("next hop failed; trying the next", "id", c.id, "via", key, "err", err)
+	}
+	if tried == 0 {
+		return nil, "", errors.New("every next hop is backing off")
+	}
+	return nil, chainString(chains[len(chains)-1]), first
+}
+
+// anyLeft reports whether some chain is not backing off.
+func anyLeft(b *backoff, chains [][]policy.Hop) bool {
+	for _, ch := range chains {
+		if !b.skip(chainString(ch)) {
+			return true
+		}
+	}
+	return false
+}
+
+// shareDeadline gives one of n remaining attempts an equal share of the time
+// left before ctx's deadline, as net.Dialer does for the addresses of a
+// name.
+func shareDeadline(ctx context.Context, n int) (context.Context, context.CancelFunc) {
+	if dl, ok := ctx.Deadline(); ok && n > 1 {
+		return context.WithTimeout(ctx, time.Until(dl)/time.Duration(n))
+	}
+	return context.WithCancel(ctx)
+}
+
+// dialChain connects through one chain. A SOCKS4 hop gets the client's
+// claimed user as USERID, as legacy rsockd forwarded it; SOCKS5 and HTTP
+// hops get the credentials -upstream-passwd gives.
+func (c *conn) dialChain(ctx context.Context, d *policy.Decision, chain []policy.Hop, target string) (*net.TCPConn, error) {
+	fwd := c.s.Dialer
+	if fwd == nil {
+		fwd = &net.Dialer{}
+	}
+	hops := make([]client.Hop, len(chain))
+	for i, h := range chain {
+		hops[i] = client.Hop{Addr: h.Addr(), User: h.User, Password: h.Password}
+		switch h.Proto {
+		case grammar.HopSOCKS4:
+			hops[i].Proto, hops[i].User, hops[i].Password = client.SOCKS4, c.user, ""
+		case grammar.HopLegacy, grammar.HopSOCKS4a:
+			hops[i].Proto, hops[i].User, hops[i].Password = client.SOCKS4a, c.user, ""
+		case grammar.HopSOCKS5:
+			hops[i].Proto = client.SOCKS5
+		case grammar.HopHTTP:
+			hops[i].Proto = client.HTTP
+		}
+	}
+	if d.Interfaces != nil {
+		// sockd.route picks the source by the address dialed: the first
+		// hop's.
+		addrs, err := LookupAddrs(ctx, c.s.resolver(), chain[0].Host)
+		if err != nil || len(addrs) == 0 {
+			return nil, fmt.Errorf("resolve next hop %s: %w", chain[0].Host, err)
+		}
+		src, _, ok := d.Interfaces.Source(addrs[0])
+		if !ok {
+			return nil, fmt.Errorf("next hop %s: %w", addrs[0], errNoInterface)
+		}
+		hops[0].Addr = netip.AddrPortFrom(addrs[0], chain[0].Port).String()
+		f := *fwd
+		f.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
+		fwd = &f
+	}
+	cd := client.Dialer{Hops: hops, Forward: fwd, Resolver: c.s.resolver()}
+	out, _, err := cd.DialTCP(ctx, target)
+	return out, err
+}
+
+func chainString(chain []policy.Hop) string {
+	parts := make([]string, len(chain))
+	for i, h := range chain {
+		parts[i] = h.String()
+	}
+	return strings.Join(parts, ">")
+}
+
+// replyFor picks the SOCKS5 REP for an outbound failure from the error's
+// type, never its text (protocol.md): a SOCKS5 next hop's own REP when it
+// gave one; else by cause.
+func replyFor(err error) byte {
+	var re *client.ReplyError
+	if errors.As(err, &re) && re.Hop.Proto == client.SOCKS5 && re.Code > 0 && re.Code <= 8 {
+		return byte(re.Code)
+	}
+	return replyForCause(err)
+}
