@@ -9,9 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -58,87 +55,20 @@ func leaked() string {
 }
 
 const (
-	testUser = "sockdtest" // a system user, for Dante's "socksmethod: username"
-	testPass = "S0cks-test pw"
+	testUser   = relaytest.SystemUser
+	testPass   = relaytest.SystemPassword
+	dantePass  = relaytest.DantePass
+	danteBlock = relaytest.DanteBlock
 )
 
-// systemUser creates testUser with testPass, idempotently: Dante checks
-// RFC 1929 passwords against the system's password database.
-func systemUser(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("the Dante username test creates a system user and must run as root (as CI does)")
-	}
-	if _, err := user.Lookup(testUser); err != nil {
-		if out, err := exec.Command("useradd", "-M", "-s", "/usr/sbin/nologin", testUser).CombinedOutput(); err != nil {
-			t.Fatalf("useradd: %v\n%s", err, out)
-		}
-	}
-	cmd := exec.Command("chpasswd")
-	cmd.Stdin = strings.NewReader(testUser + ":" + testPass + "\n")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("chpasswd: %v\n%s", err, out)
-	}
-}
-
-// dante starts danted in the foreground on 127.0.0.1 with socksmethod
-// method ("none" or "username") and socksRule as its only socks rule.
+// dante starts Dante with socksmethod method and socksRule.
 func dante(t *testing.T, method, socksRule string) string {
-	t.Helper()
-	if method == "username" {
-		systemUser(t)
-	}
-	port := relaytest.FreePort(t)
-	dir := t.TempDir()
-	conf := filepath.Join(dir, "danted.conf")
-	err := os.WriteFile(conf, []byte(fmt.Sprintf(`logoutput: stderr
-internal: 127.0.0.1 port = %d
-external: 127.0.0.1
-clientmethod: none
-socksmethod: %s
-user.privileged: root
-user.unprivileged: nobody
-client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
-%s
-`, port, method, socksRule)), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	d := relaytest.StartDaemon(t, "/usr/sbin/danted", "-f", conf, "-p", filepath.Join(dir, "danted.pid"), "-N", "1")
-	d.WaitTCP(t, addr)
-	return addr
+	return relaytest.Dante(t, method, socksRule)
 }
 
-const (
-	dantePass  = "socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }"
-	danteBlock = "socks block { from: 0.0.0.0/0 to: 0.0.0.0/0 }"
-)
-
-// tinyproxy starts tinyproxy in the foreground on 127.0.0.1, allowing
-// CONNECT to the ports of allow (addresses) only, and asking for Basic
-// authorization user:pass when user is set.
+// tinyproxy starts tinyproxy (see relaytest.Tinyproxy).
 func tinyproxy(t *testing.T, user, pass string, allow ...string) string {
-	t.Helper()
-	port := relaytest.FreePort(t)
-	dir := t.TempDir()
-	var conf strings.Builder
-	fmt.Fprintf(&conf, "Port %d\nListen 127.0.0.1\nTimeout 30\nMaxClients 50\nLogLevel Info\n"+
-		"PidFile %q\nAllow 127.0.0.1\n", port, filepath.Join(dir, "tinyproxy.pid"))
-	for _, a := range allow {
-		fmt.Fprintf(&conf, "ConnectPort %d\n", netip.MustParseAddrPort(a).Port())
-	}
-	if user != "" {
-		fmt.Fprintf(&conf, "BasicAuth %s %s\n", user, pass)
-	}
-	path := filepath.Join(dir, "tinyproxy.conf")
-	if err := os.WriteFile(path, []byte(conf.String()), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	d := relaytest.StartDaemon(t, "/usr/bin/tinyproxy", "-d", "-c", path)
-	d.WaitTCP(t, addr)
-	return addr
+	return relaytest.Tinyproxy(t, user, pass, allow...)
 }
 
 // fakeHop is a hop that reads what the client sends first, answers
