@@ -94,6 +94,7 @@ const (
 	HostAll                    // ALL
 	HostSuffix                 // .example.com: Name is "example.com"
 	HostName                   // an exact host name
+	HostAnyName                // srelay.conf's *: every destination given as a name
 )
 
 // Host is the source or destination part of a rule.
@@ -104,8 +105,8 @@ type Host struct {
 	// kinds, Mask is the (ignored) mask token.
 	Addr, Mask netip.Addr
 	Name       string
-	// FamilyOnly: a zero mask matches every address of Addr's family only
-	// (srelay.conf's 0.0.0.0 and [::]), not every host.
+	// FamilyOnly: a zero mask matches every address of Addr's family and
+	// nothing else (srelay.conf's 0.0.0.0 and [::]), not every host.
 	FamilyOnly bool
 }
 
@@ -143,6 +144,10 @@ type RouteFile struct {
 	// DefaultDirect: a destination no route matches goes direct (srelay);
 	// otherwise it is refused (socks.conf).
 	DefaultDirect bool
+	// Srelay: the table comes from srelay.conf, and a name no route
+	// matches is resolved and its addresses tried against the routes, as
+	// srelay does.
+	Srelay bool
 	Warnings      ErrorList
 }
 

@@ -58,6 +58,8 @@ func (h Host) String() string {
 	switch h.Kind {
 	case HostAll:
 		return "ALL " + h.Mask.String()
+	case HostAnyName:
+		return "*"
 	case HostSuffix:
 		return "." + h.Name + " " + h.Mask.String()
 	case HostName:

@@ -39,7 +39,7 @@ type srelayField struct {
 var srelayParser = participle.MustBuild[srelayLine](participle.Lexer(srelayLexer))
 
 // ParseSrelay parses an srelay.conf into a routing table whose unmatched
-// destinations go direct. Hops "host [port[/H|/S]]" are listed farthest
+// destinations go direct (Srelay set). Hops "host [port[/H|/S]]" are listed farthest
 // first, as srelay writes them; the chains built are nearest first. /H is
 // HTTP CONNECT; /S, the default, is SOCKS5.
 func ParseSrelay(filename string, r io.Reader) (*RouteFile, error) {
@@ -47,7 +47,7 @@ func ParseSrelay(filename string, r io.Reader) (*RouteFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	f := &RouteFile{Filename: filename, DefaultDirect: true}
+	f := &RouteFile{Filename: filename, DefaultDirect: true, Srelay: true}
 	var errs ErrorList
 	for _, pl := range lines {
 		if tooLong(filename, pl, &errs) {
@@ -132,13 +132,15 @@ func checkSrelay(fields []*srelayField, errs *ErrorList) *Route {
 }
 
 // srelayDest parses a destination: a.b.c.d, /len, /dotted.mask, [v6],
-// [v6/len], a domain (suffix match on whole labels), or *. 0.0.0.0 means
-// every IPv4 destination and [::] every IPv6 one.
+// [v6/len], a domain (suffix match on whole labels), or *. As in srelay, a
+// rule matches destinations of its own type only: 0.0.0.0 means every IPv4
+// address and [::] every IPv6 one, * and domains match names only, and a
+// bare address is one host.
 func srelayDest(s string, pos Pos, errs *ErrorList) Host {
 	h := Host{Pos: pos}
 	switch {
 	case s == "*":
-		h.Kind, h.Mask = HostAll, netip.IPv4Unspecified()
+		h.Kind = HostAnyName
 		return h
 	case strings.HasPrefix(s, "["):
 		a, m, err := parseBracket(s)

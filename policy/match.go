@@ -15,7 +15,7 @@ type hostMatch struct {
 	// For HostAddr: any is set for an all-zero mask, which matches every
 	// host, IPv6 ones and hosts without an address included — unless
 	// familyOnly (srelay.conf's 0.0.0.0 and [::]): then it matches the
-	// addresses of its family, and names.
+	// addresses of its family only.
 	any        bool
 	familyOnly bool
 	is4        bool
@@ -69,7 +69,7 @@ func maskBitsAtLeast(mask netip.Addr, n int) bool {
 // be called for name rules.
 func (m *hostMatch) matchAddr(a netip.Addr) bool {
 	if m.any {
-		return !m.familyOnly || !a.IsValid() || a.Unmap().Is4() == m.is4
+		return !m.familyOnly || a.IsValid() && a.Unmap().Is4() == m.is4
 	}
 	if !a.IsValid() {
 		return false

@@ -114,6 +114,7 @@ type routeRule struct {
 type routeTable struct {
 	rules         []routeRule
 	defaultDirect bool
+	srelay        bool
 }
 
 // route finds the route for q with user as the claimed user (socks.conf(5),
@@ -128,6 +129,29 @@ func (t *routeTable) route(ctx context.Context, q *Query, user string) (Route, *
 			return Route{Kind: RouteDirect}, nil
 		}
 	}
+	if r := t.first(ctx, q, user, q.Dst); r != nil {
+		return r.route, r.hook
+	}
+	if t.srelay && q.DstName != "" && q.Resolve != nil {
+		// srelay's second stage: a name no rule matched is resolved, and
+		// its addresses are tried in turn.
+		addrs, _ := q.Resolve(ctx, q.DstName)
+		byAddr := *q
+		byAddr.DstName = ""
+		for _, a := range addrs {
+			if r := t.first(ctx, &byAddr, user, a); r != nil {
+				return r.route, r.hook
+			}
+		}
+	}
+	if t.defaultDirect {
+		return Route{Kind: RouteDirect}, nil
+	}
+	return Route{Kind: RouteDeny}, nil
+}
+
+// first returns the first rule that matches q with dst as its address.
+func (t *routeTable) first(ctx context.Context, q *Query, user string, dst netip.Addr) *routeRule {
 	for i := range t.rules {
 		r := &t.rules[i]
 		if !r.port.match(q.Port) {
@@ -138,21 +162,17 @@ func (t *routeTable) route(ctx context.Context, q *Query, user string) (Route, *
 				continue
 			}
 		}
-		if !matchDst(ctx, &r.to, q, q.Dst) {
-			continue
+		if matchDst(ctx, &r.to, q, dst) {
+			return r
 		}
-		return r.route, r.hook
 	}
-	if t.defaultDirect {
-		return Route{Kind: RouteDirect}, nil
-	}
-	return Route{Kind: RouteDeny}, nil
+	return nil
 }
 
 // compileRoutes compiles a routing file with the default server (a hop as
 // socks.conf writes one) and next-hop credentials.
 func (c *compiler) compileRoutes(f *grammar.RouteFile, warns *grammar.ErrorList) *routeTable {
-	t := &routeTable{defaultDirect: f.DefaultDirect}
+	t := &routeTable{defaultDirect: f.DefaultDirect, srelay: f.Srelay}
 	var defaultChain []Hop
 	if c.opt.DefaultServer != "" {
 		chains, err := parseServerList(c.opt.DefaultServer)

@@ -139,6 +139,20 @@ func (rs *Ruleset) Decide(ctx context.Context, q Query) Decision {
 	if q.Command == Connect && q.DstName == "" && (!q.Dst.IsValid() || q.Dst.Unmap().IsUnspecified()) {
 		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "connect to an unspecified address"}
 	}
+	if q.DstName != "" && q.Resolve != nil {
+		// Routing (srelay's second stage) and per-address evaluation may
+		// both need the addresses: resolve once per decision.
+		resolve, done := q.Resolve, false
+		var addrs []netip.Addr
+		var err error
+		q.Resolve = func(ctx context.Context, name string) ([]netip.Addr, error) {
+			if !done {
+				addrs, err = resolve(ctx, name)
+				done = true
+			}
+			return addrs, err
+		}
+	}
 	// The route says whether a name is resolved here: going direct, or to
 	// a plain SOCKS4 hop, it is; a hop that carries names gets it as is.
 	route, hook := rs.routes.route(ctx, &q, q.User)
@@ -302,6 +316,9 @@ func (r *rule) matchHosts(ctx context.Context, q *Query, dst netip.Addr) bool {
 // requested name, or for an address the forward-confirmed reverse name; a
 // numeric rule compares the address (invalid for an unresolved name).
 func matchDst(ctx context.Context, m *hostMatch, q *Query, dst netip.Addr) bool {
+	if m.kind == grammar.HostAnyName {
+		return q.DstName != "" && !dst.IsValid()
+	}
 	if !m.needsName() {
 		return m.kind == grammar.HostAll || m.matchAddr(dst)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -130,10 +131,24 @@ func writeFile(t *testing.T, name, content string) string {
 
 // backend is an HTTP server on 127.0.0.1 that says who it is.
 func backend(t *testing.T) (url, hostport string) {
+	return backendOn(t, "127.0.0.1")
+}
+
+// backendOn is backend on another loopback address. Routing tests use
+// 127.0.0.5: a destination of exactly 127.0.0.1 always goes direct
+// (socks.conf(5), legacy rule).
+func backendOn(t *testing.T, ip string) (url, hostport string) {
 	t.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprint(w, "hello from backend")
 	}))
+	srv.Listener.Close()
+	srv.Listener = ln
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return srv.URL, strings.TrimPrefix(srv.URL, "http://")
 }
