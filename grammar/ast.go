@@ -90,11 +90,11 @@ func (u User) IsFile() bool { return len(u.Name) > 0 && u.Name[0] == '/' }
 type HostKind uint8
 
 const (
-	HostAddr   HostKind = iota // Addr and Mask, bit by bit
-	HostAll                    // ALL
-	HostSuffix                 // .example.com: Name is "example.com"
-	HostName                   // an exact host name
-	HostAnyName                // srelay.conf's *: every destination given as a name
+	HostAddr    HostKind = iota // Addr and Mask, bit by bit
+	HostAll                     // ALL
+	HostSuffix                  // .example.com: Name is "example.com"
+	HostName                    // an exact host name
+	HostAnyName                 // srelay.conf's *: every destination given as a name
 )
 
 // Host is the source or destination part of a rule.
@@ -147,8 +147,8 @@ type RouteFile struct {
 	// Srelay: the table comes from srelay.conf, and a name no route
 	// matches is resolved and its addresses tried against the routes, as
 	// srelay does.
-	Srelay bool
-	Warnings      ErrorList
+	Srelay   bool
+	Warnings ErrorList
 }
 
 // RouteAction is what a route does with the requests it matches.

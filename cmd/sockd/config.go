@@ -76,8 +76,14 @@ func load(o *options) (*config, error) {
 	}{
 		{o.routes, func(p string, r *bytes.Reader) (err error) { opt.Routes, err = grammar.ParseSocks(p, r); return }},
 		{o.srelayConf, func(p string, r *bytes.Reader) (err error) { opt.Routes, err = grammar.ParseSrelay(p, r); return }},
-		{o.interfaces, func(p string, r *bytes.Reader) (err error) { opt.Interfaces, err = grammar.ParseInterfaces(p, r); return }},
-		{o.upstreamPasswd, func(p string, r *bytes.Reader) (err error) { opt.Credentials, err = grammar.ParseCredentials(p, r); return }},
+		{o.interfaces, func(p string, r *bytes.Reader) (err error) {
+			opt.Interfaces, err = grammar.ParseInterfaces(p, r)
+			return
+		}},
+		{o.upstreamPasswd, func(p string, r *bytes.Reader) (err error) {
+			opt.Credentials, err = grammar.ParseCredentials(p, r)
+			return
+		}},
 	} {
 		if err := readParse(rf.path, rf.parse); err != nil {
 			return nil, err

@@ -22,15 +22,15 @@ type options struct {
 	interfaces     string
 	upstreamPasswd string
 	socksServer    string
-	passwd        string
-	auth          string
-	listen        listFlag
-	identLenient  bool
-	identStrict   bool
-	identTimeout  time.Duration
-	identPort     uint
-	nameserver    string
-	invertedMasks bool
+	passwd         string
+	auth           string
+	listen         listFlag
+	identLenient   bool
+	identStrict    bool
+	identTimeout   time.Duration
+	identPort      uint
+	nameserver     string
+	invertedMasks  bool
 
 	handshakeTimeout time.Duration
 	connectTimeout   time.Duration
