@@ -298,4 +298,3 @@ func (d *daemon) run(lns []net.Listener) int {
 		}
 	}
 }
-

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -359,4 +360,47 @@ func TestReloadUnderLoad(t *testing.T) {
 		}
 	}
 	t.Logf("%d sessions during 50 rewrites, none failed", ok.Load())
+}
+
+// Every file in use is watched: a user file and the password file reload
+// too, without SIGHUP.
+func TestReloadOtherFiles(t *testing.T) {
+	url, _ := backend(t)
+	users := writeFile(t, "staff", "alice\n")
+	pw := filepath.Join(t.TempDir(), "passwd")
+	if out, err := exec.Command("htpasswd", "-B", "-b", "-c", pw, "carol", "old").CombinedOutput(); err != nil {
+		t.Fatalf("htpasswd: %v %s", err, out)
+	}
+	conf := writeFile(t, "sockd.conf", "permit *="+users+" 127.0.0.0/8\n")
+	p := startSockd(t, "-config", conf, "-passwd", pw, "-auth", "password,none")
+	within := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: not in force one second after the write\n%s", what, p.log)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	as := func(user string) bool {
+		_, code := relaytest.Curl(t, "--socks4", p.addr(), "--proxy-user", user+":", url)
+		return code == 0
+	}
+	if as("bob") {
+		t.Fatal("bob admitted before the user file lists him")
+	}
+	os.WriteFile(users, []byte("alice bob\n"), 0o644)
+	within("user file", func() bool { return as("bob") })
+
+	login := func(pass string) bool {
+		_, code := relaytest.Curl(t, "--socks5", p.addr(), "--proxy-user", "carol:"+pass, url)
+		return code == 0
+	}
+	os.WriteFile(users, []byte("alice bob carol\n"), 0o644)
+	within("user file", func() bool { return login("old") })
+	if out, err := exec.Command("htpasswd", "-B", "-b", pw, "carol", "new").CombinedOutput(); err != nil {
+		t.Fatalf("htpasswd: %v %s", err, out)
+	}
+	within("password file", func() bool { return login("new") && !login("old") })
 }
