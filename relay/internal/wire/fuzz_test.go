@@ -83,3 +83,33 @@ func FuzzSOCKS5Request(f *testing.F) {
 		}
 	})
 }
+
+// FuzzUDPHeader: decoding a UDP ASSOCIATE datagram header never panics or
+// reads past the datagram, and a header that decodes encodes back to the
+// same bytes (FRAG 0) and decodes equal.
+func FuzzUDPHeader(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 1, 127, 0, 0, 1, 0, 53, 'q'})                   // IPv4, payload
+	f.Add(append([]byte{0, 0, 0, 4}, append(make([]byte, 16), 0, 53)...)) // IPv6
+	f.Add([]byte{0, 0, 0, 3, 4, 'h', 'o', 's', 't', 0, 53})               // name
+	f.Add([]byte{0, 0, 1, 1, 10, 0, 0, 1, 0, 53})                         // FRAG 1
+	f.Add([]byte{0, 0, 0, 9, 1})                                          // unknown ATYP
+	f.Add([]byte{0, 0, 0, 3, 200, 'x'})                                   // name longer than the datagram
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, n, err := ParseUDPHeader(b)
+		if err != nil {
+			var pe *ProtoError
+			if err != ErrShort && !errors.As(err, &pe) {
+				t.Fatalf("unexpected error type %T: %v", err, err)
+			}
+			return
+		}
+		if n > len(b) {
+			t.Fatalf("header of %d bytes in a datagram of %d", n, len(b))
+		}
+		enc := AppendUDPHeader(nil, h.Addr)
+		h2, n2, err := ParseUDPHeader(append(enc, b[n:]...))
+		if err != nil || h2.Addr != h.Addr || n2 != len(enc) || h2.Frag != 0 {
+			t.Fatalf("second decode: %+v %d %v, first %+v", h2, n2, err, h)
+		}
+	})
+}
