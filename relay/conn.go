@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sockd-ng/sockd/grammar"
@@ -46,6 +47,12 @@ type conn struct {
 	mu  sync.Mutex
 	out net.Conn // the outbound leg, once connected
 
+	// relay state: the directions still running, their errors, and the
+	// time of the last byte for the idle limit
+	running        atomic.Int32
+	errUp, errDown error
+	act            activity
+
 	// what the session log line says
 	proto     string
 	cmd       policy.Command
@@ -75,22 +82,31 @@ func (c *conn) abort() {
 }
 
 func (c *conn) serve() {
-	defer c.s.doneConn(c)
-	defer c.c.Close()
 	c.reply = -1
 	c.local = addrPortOf(c.c.LocalAddr())
 	c.remote = addrPortOf(c.c.RemoteAddr())
 	c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
 	c.c.SetDeadline(time.Now().Add(c.s.handshakeTimeout()))
 	err := c.handshake()
-	if c.buf != nil {
-		handshakeBufs.Put(c.buf)
-		c.buf = nil
+	if err == errRelaying {
+		return // the relay goroutines own the session now
 	}
 	if err != nil && c.err == nil {
 		c.err = err
 	}
+	c.finish()
+}
+
+// finish ends the session: its log line, its sockets, its place in the
+// server.
+func (c *conn) finish() {
+	if c.buf != nil {
+		handshakeBufs.Put(c.buf)
+		c.buf = nil
+	}
 	c.log()
+	c.abort()
+	c.s.doneConn(c)
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {
@@ -406,8 +422,7 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 	}
 	c.mu.Lock()
 	c.out = out
-	c.mu.Unlock()
-	defer out.Close()
+	c.mu.Unlock() // from here on, finish (abort) closes out
 	c.connected = addrPortOf(out.RemoteAddr())
 	c.reply = int(code(policy.Granted))
 	if err := c.write(reply(code(policy.Granted), addrPortOf(out.LocalAddr()))); err != nil {
@@ -416,8 +431,15 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 	return c.relay(out)
 }
 
-// relay copies both ways until both directions are done, then closes.
-// Bytes the client sent after its request, while we connected, go first.
+// errRelaying tells serve that the session went on in the relay
+// goroutines, which end it.
+var errRelaying = errors.New("relaying")
+
+// relay hands the session to two new goroutines, one per direction, and
+// returns errRelaying: the handshake goroutine, with the stack it grew,
+// is gone while the session idles. The second direction to finish ends the
+// session. Bytes the client sent after its request, while we connected,
+// go first.
 func (c *conn) relay(out net.Conn) error {
 	if c.r < c.w {
 		n, err := out.Write(c.buf[c.r:c.w])
@@ -428,33 +450,37 @@ func (c *conn) relay(out net.Conn) error {
 	}
 	handshakeBufs.Put(c.buf)
 	c.buf = nil
-	var act activity
 	idle := c.s.IdleTimeout
 	if idle > 0 {
-		act.touch()
+		c.act.touch()
 	}
-	done := make(chan error, 1)
-	go func() {
-		n, err := copyHalf(&c.s.pipes, c.c, out, idle, &act)
-		c.down = n
-		if err != nil {
-			c.abort()
-		}
-		done <- err
-	}()
-	n, err := copyHalf(&c.s.pipes, out, c.c, idle, &act)
-	c.up += n
+	c.running.Store(2)
+	go c.half(out, c.c, &c.up, &c.errUp, idle)
+	go c.half(c.c, out, &c.down, &c.errDown, idle)
+	return errRelaying
+}
+
+// half relays one direction; the last one out ends the session.
+func (c *conn) half(dst, src net.Conn, n *int64, errp *error, idle time.Duration) {
+	w, err := copyHalf(&c.s.pipes, dst, src, idle, &c.act)
+	*n += w
 	if err != nil {
-		c.abort()
+		c.abort() // the other direction ends too
 	}
-	derr := <-done
-	if err == nil || isClosedConn(err) && derr != nil {
-		err = derr
+	*errp = err
+	if c.running.Add(-1) > 0 {
+		return
 	}
-	if isClosedConn(err) {
-		err = nil // one side hung up; that is how sessions end
+	// Report the error that started the end, not the "use of closed
+	// connection" it caused in the other direction.
+	err = c.errUp
+	if err == nil || isClosedConn(err) && c.errDown != nil {
+		err = c.errDown
 	}
-	return err
+	if err != nil && !isClosedConn(err) && c.err == nil {
+		c.err = err
+	}
+	c.finish()
 }
 
 func (c *conn) ident(ctx context.Context) policy.IdentResult {
