@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build test fuzz bench clean
+.PHONY: build test fuzz bench clean man deb
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o sockd ./cmd/sockd
@@ -25,6 +25,40 @@ fuzz:
 
 bench:
 	$(GO) run ./bench
+
+# Packaging (packaging/, checked by .ci/packaging). The tools run with
+# `go run` at fixed versions and stay out of go.mod: nfpm v2.46 and later
+# cannot be fetched here, and its dependencies would bloat go.sum.
+MD2MAN := $(GO) run github.com/cpuguy83/go-md2man/v2@v2.0.7
+NFPM := $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
+MANPAGES := sockd.8 sockd.conf.5 socks.conf.5
+# Target architecture, in Go's names (nfpm maps them to Debian's).
+DEB_ARCH ?= $(shell $(GO) env GOARCH)
+# VERSION (git describe) made into a Debian upstream version: v1.2.3 →
+# 1.2.3; v1.2.3-4-gabc1234 → 1.2.3+4.gabc1234; -dirty → .dirty; a
+# pre-release v1.2.3-rc1 → 1.2.3~rc1; no tag (a bare hash, or devel) →
+# 0.0.0~git.HASH. The ~ forms sort before the release they lead to.
+DEB_VERSION ?= $(shell echo '$(VERSION)' | sed -E 's/^v([0-9])/\1/; s/-dirty$$/.dirty/; s/-([0-9]+)-g([0-9a-f]+)((\.dirty)?)$$/+\1.g\2\3/; /^[0-9]+\.[0-9]/!s/^/0.0.0~git./; s/-/~/g; s/[^A-Za-z0-9.+~]/./g')
+
+# Time stamp of the files in the .deb: the last commit's, so that a clean
+# tree gives the same package twice.
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null)
+
+# Man pages: packaging/man/*.md → dist/man/* (roff) and dist/man/*.gz.
+man:
+	mkdir -p dist/man
+	for p in $(MANPAGES); do \
+		$(MD2MAN) -in packaging/man/$$p.md -out dist/man/$$p && \
+		gzip -9nc dist/man/$$p >dist/man/$$p.gz || exit 1; \
+	done
+
+# dist/sockd_VERSION-1_ARCH.deb: a static binary, the units, the man pages,
+# /etc/sockd.conf as a conffile (packaging/nfpm.yaml).
+deb: man
+	CGO_ENABLED=0 GOARCH=$(DEB_ARCH) $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o dist/sockd ./cmd/sockd
+	rm -f dist/sockd_*.deb
+	SOCKD_DEB_VERSION='$(DEB_VERSION)' SOCKD_DEB_ARCH='$(DEB_ARCH)' SOURCE_DATE_EPOCH='$(SOURCE_DATE_EPOCH)' \
+		$(NFPM) package -f packaging/nfpm.yaml -p deb -t dist/
 
 clean:
 	rm -rf sockd dist
