@@ -39,8 +39,9 @@ type Options struct {
 	// Routes is the routing table (socks.conf or srelay.conf); nil means
 	// every permitted request goes out directly.
 	Routes *grammar.RouteFile
-	// DefaultServer is the next hop of sockd lines without a server list
-	// (-socks-server, $SOCKS_SERVER), written as in a server list.
+	// DefaultServer is the server list of sockd lines without one
+	// (-socks-server, $SOCKS_SERVER), written as after @=: alternatives
+	// separated by commas, tried in order.
 	DefaultServer string
 	// Credentials are the next hops' users and passwords
 	// (-upstream-passwd).

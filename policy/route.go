@@ -173,13 +173,14 @@ func (t *routeTable) first(ctx context.Context, q *Query, user string, dst netip
 // socks.conf writes one) and next-hop credentials.
 func (c *compiler) compileRoutes(f *grammar.RouteFile, warns *grammar.ErrorList) *routeTable {
 	t := &routeTable{defaultDirect: f.DefaultDirect, srelay: f.Srelay}
-	var defaultChain []Hop
+	var defaultChains [][]Hop
 	if c.opt.DefaultServer != "" {
 		chains, err := parseServerList(c.opt.DefaultServer)
 		if err != nil {
 			c.errs.Add(grammar.Pos{Filename: f.Filename}, "default server %q: %v", c.opt.DefaultServer, err)
-		} else {
-			defaultChain = c.hops(chains[0])
+		}
+		for _, ch := range chains {
+			defaultChains = append(defaultChains, c.hops(ch))
 		}
 	}
 	for _, gr := range f.Routes {
@@ -195,11 +196,11 @@ func (c *compiler) compileRoutes(f *grammar.RouteFile, warns *grammar.ErrorList)
 				r.route.Chains = append(r.route.Chains, c.hops(ch))
 			}
 			if len(gr.Servers) == 0 {
-				if defaultChain == nil {
+				if defaultChains == nil {
 					c.errs.Add(gr.Pos, "sockd line without a server list, and no default server: give @=servers, -socks-server or $SOCKS_SERVER")
 					continue
 				}
-				r.route.Chains = [][]Hop{defaultChain}
+				r.route.Chains = defaultChains
 			}
 		}
 		r.to = c.host(gr.Dst, warns)
@@ -309,10 +310,13 @@ func (r *routeRule) describe(b *strings.Builder) {
 				if j > 0 {
 					b.WriteByte('>')
 				}
-				if h.User != "" {
-					b.WriteString(h.Proto.String() + "://" + h.User + "@" + h.Addr())
-				} else {
+				switch {
+				case h.User == "":
 					b.WriteString(h.String())
+				case h.Proto == grammar.HopLegacy:
+					b.WriteString(h.User + "@" + h.Addr())
+				default:
+					b.WriteString(h.Proto.String() + "://" + h.User + "@" + h.Addr())
 				}
 			}
 		}

@@ -31,6 +31,7 @@ type conn struct {
 	id      uint64
 	start   time.Time
 	overCap bool
+	done    chan struct{} // closed when the session ends, for ServeConn; may be nil
 
 	// handshake buffer: bytes [r:w] are read but not yet used.
 	buf  *[handshakeBufSize]byte
@@ -107,6 +108,9 @@ func (c *conn) finish() {
 	c.log()
 	c.abort()
 	c.s.doneConn(c)
+	if c.done != nil {
+		close(c.done)
+	}
 }
 
 func addrPortOf(a net.Addr) netip.AddrPort {

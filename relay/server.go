@@ -175,7 +175,9 @@ func (s *Server) Serve(ln net.Listener) error {
 func (s *Server) ServeConn(c net.Conn) {
 	s.init()
 	if sc := s.newConn(c); sc != nil {
+		sc.done = make(chan struct{})
 		sc.serve()
+		<-sc.done // the relay goroutines end the session
 	}
 }
 

@@ -466,3 +466,39 @@ func TestHookLimits(t *testing.T) {
 		t.Error("a child of a timed-out command lived on")
 	}
 }
+
+// ServeConn serves one connection and returns only when its session is
+// over (inetd mode exits then).
+func TestServeConn(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := relaytest.Echo(t)
+	srv := &relay.Server{Decider: relaytest.Compile(t, loopback)}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c := dial(t, ln.Addr().String(), "")
+	sc, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	returned := make(chan struct{})
+	go func() { srv.ServeConn(sc); close(returned) }()
+	c.Write(socks4Connect(echo, ""))
+	expect(t, c, granted4)
+	io.ReadFull(c, make([]byte, 6))
+	c.Write([]byte("ping"))
+	expect(t, c, []byte("ping"))
+	select {
+	case <-returned:
+		t.Fatal("ServeConn returned while its session was relaying")
+	default:
+	}
+	c.Close()
+	select {
+	case <-returned:
+	case <-time.After(5 * time.Second):
+		t.Fatal("ServeConn did not return after the session ended")
+	}
+}

@@ -12,6 +12,9 @@ func check(name string, args []string, stdout, stderr io.Writer) int {
 	var o options
 	fs := flag.NewFlagSet("sockd check", flag.ContinueOnError)
 	o.fileFlags(fs, name)
+	// The server's own flags are accepted and ignored, so that a unit's
+	// ExecStart= flags can be copied to ExecStartPre= and ExecReload=.
+	o.serveFlags(fs)
 	if err := parseFlags(fs, args, stderr); err != nil {
 		return 2
 	}

@@ -271,7 +271,15 @@ func (d *daemon) run(lns []net.Listener) int {
 			d.log.Warn("grace period over; sessions closed", "err", err)
 		}
 		wg.Wait()
-		d.srv.Hooks.Wait()
+		// Rules' commands get what is left of the grace period too: a
+		// stop never outlasts it (nor the unit's TimeoutStopSec).
+		hooks := make(chan struct{})
+		go func() { d.srv.Hooks.Wait(); close(hooks) }()
+		select {
+		case <-hooks:
+		case <-ctx.Done():
+			d.log.Warn("grace period over; shell commands still running are left to the service manager")
+		}
 	}
 	for {
 		select {

@@ -40,7 +40,7 @@ type inherited struct {
 func inheritedSockets() (*inherited, error) {
 	files := activation.Files(true)
 	if len(files) == 0 {
-		if isSocket(os.Stdin) {
+		if isInetSocket(os.Stdin) {
 			files = []*os.File{os.Stdin}
 		} else {
 			return nil, nil
@@ -87,10 +87,22 @@ func inheritedSockets() (*inherited, error) {
 	return in, nil
 }
 
-// isSocket reports whether f is a socket.
-func isSocket(f *os.File) bool {
+// isInetSocket reports whether f is an IPv4 or IPv6 socket (inetd's
+// standard input; a unix socket there is something else).
+func isInetSocket(f *os.File) bool {
 	fi, err := f.Stat()
-	return err == nil && fi.Mode()&os.ModeSocket != 0
+	if err != nil || fi.Mode()&os.ModeSocket == 0 {
+		return false
+	}
+	sa, err := unix.Getsockname(int(f.Fd()))
+	if err != nil {
+		return false
+	}
+	switch sa.(type) {
+	case *unix.SockaddrInet4, *unix.SockaddrInet6:
+		return true
+	}
+	return false
 }
 
 // sameFile reports whether two open files are the same file (inetd hands
