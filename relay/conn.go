@@ -225,16 +225,18 @@ func (c *conn) socks4() error {
 		c.cmd = policy.Connect
 	case req.Cmd == wire.Cmd4Bind:
 		c.cmd = policy.Bind
-		return fail("BIND is not supported")
 	default:
 		return fail("unknown SOCKS4 command " + strconv.Itoa(int(req.Cmd)))
 	}
 	if !c.s.offers(AuthNone) {
 		return fail("SOCKS4 carries no password and -auth does not list none")
 	}
-	return c.connect(policy.UserClaimed, func(code byte, bound netip.AddrPort) []byte {
-		return wire.AppendReply4(nil, code, bound)
-	}, func(r policy.Reply) byte { return byte(r) })
+	reply := func(code byte, bound netip.AddrPort) []byte { return wire.AppendReply4(nil, code, bound) }
+	code := func(r policy.Reply) byte { return byte(r) }
+	if c.cmd == policy.Bind {
+		return c.bind(policy.UserClaimed, reply, code)
+	}
+	return c.connect(policy.UserClaimed, reply, code)
 }
 
 // destination turns a requested name into an addr; a name that is an IP
@@ -305,11 +307,11 @@ func (c *conn) socks5() error {
 	switch req.Cmd {
 	case wire.CmdConnect:
 		c.cmd = policy.Connect
-	case wire.CmdBind, wire.CmdUDP:
+	case wire.CmdBind:
 		c.cmd = policy.Bind
-		if req.Cmd == wire.CmdUDP {
-			c.cmd = policy.UDP
-		}
+		return c.bind(source, reply, socks5Rep)
+	case wire.CmdUDP:
+		c.cmd = policy.UDP
 		c.reply, c.reason = wire.RepCmdNotSupported, "command not supported yet"
 		c.refuse(wire.AppendReply5(nil, wire.RepCmdNotSupported, netip.AddrPort{}))
 		return nil
@@ -367,23 +369,24 @@ func (c *conn) authenticate() error {
 	return c.write([]byte{wire.AuthVersion, wire.AuthOK})
 }
 
-// connect decides a CONNECT request, connects, replies and relays.
-// reply encodes a reply in the client's protocol; code maps a policy reply
-// to that protocol's code.
-func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort) []byte, code func(policy.Reply) byte) error {
-	failCode := byte(wire.Rejected4)
-	if c.proto == "socks5" {
-		failCode = wire.RepGeneralFailure
-	}
+// encoder encodes a reply in the client's protocol; coder maps a policy
+// reply to that protocol's code.
+type (
+	encoder func(code byte, bound netip.AddrPort) []byte
+	coder   func(policy.Reply) byte
+)
+
+// admit decides the request read into c (the command in c.cmd) and sends
+// the refusal when it is refused; ok reports that the request goes on. The
+// handshake time limit ends here; ctx bounds the decision and what follows.
+func (c *conn) admit(ctx context.Context, source policy.UserSource, reply encoder, code coder) (d policy.Decision, ok bool) {
 	if c.overCap {
-		c.reply, c.reason = int(failCode), "too many sessions"
-		c.refuse(reply(failCode, netip.AddrPort{}))
-		return nil
+		fail := c.failCode()
+		c.reply, c.reason = int(fail), "too many sessions"
+		c.refuse(reply(fail, netip.AddrPort{}))
+		return d, false
 	}
-	// The request is in: the handshake limit no longer applies.
 	c.c.SetDeadline(time.Time{})
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
-	defer cancel()
 	q := policy.Query{
 		Command:     c.cmd,
 		Client:      c.remote.Addr(),
@@ -397,9 +400,10 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 		DstAddrName: c.s.dstName,
 		Resolve:     c.s.resolve,
 	}
-	d := c.s.Decider.Decide(ctx, q)
+	d = c.s.Decider.Decide(ctx, q)
 	c.rule, c.reason, c.user = d.Rule, d.Reason, d.User
 	c.action = d.Action.String()
+	c.route = d.Route.Rule
 	if d.NumHooks > 0 && c.s.Hooks != nil {
 		c.s.Hooks.run(c, &q, &d)
 	}
@@ -407,22 +411,46 @@ func (c *conn) connect(source policy.UserSource, reply func(byte, netip.AddrPort
 		rep := code(d.Reply)
 		c.reply = int(rep)
 		c.refuse(reply(rep, netip.AddrPort{}))
+		return d, false
+	}
+	return d, true
+}
+
+// failCode is the reply for a failure of ours: SOCKS4 91, SOCKS5 REP 1.
+func (c *conn) failCode() byte {
+	if c.proto == "socks5" {
+		return wire.RepGeneralFailure
+	}
+	return wire.Rejected4
+}
+
+// fail sends the reply for an outbound failure, chosen by its cause, and
+// ends the connection.
+func (c *conn) fail(reply encoder, err error) error {
+	rep := c.failCode()
+	if c.proto == "socks5" {
+		rep = replyFor(err)
+	}
+	c.reply, c.warn = int(rep), true
+	c.refuse(reply(rep, netip.AddrPort{}))
+	return err
+}
+
+// connect decides a CONNECT request, connects, replies and relays.
+func (c *conn) connect(source policy.UserSource, reply encoder, code coder) error {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
+	defer cancel()
+	d, ok := c.admit(ctx, source, reply, code)
+	if !ok {
 		return nil
 	}
-	c.route = d.Route.Rule
 	out, via, err := c.dialRoute(ctx, &d)
 	c.via = via
 	if err != nil {
 		if d.ResolveErr != nil {
 			err = fmt.Errorf("resolve %s: %w", c.dst.Name, d.ResolveErr)
 		}
-		rep := failCode
-		if c.proto == "socks5" {
-			rep = replyFor(err)
-		}
-		c.reply, c.warn = int(rep), true
-		c.refuse(reply(rep, netip.AddrPort{}))
-		return err
+		return c.fail(reply, err)
 	}
 	c.mu.Lock()
 	c.out = out

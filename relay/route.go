@@ -75,6 +75,18 @@ func (c *conn) dialRoute(ctx context.Context, d *policy.Decision) (*net.TCPConn,
 		}
 		target = netip.AddrPortFrom(d.Addrs[0], c.dst.Port).String()
 	}
+	var out *net.TCPConn
+	via, err := c.eachChain(ctx, d, func(ctx context.Context, cd *client.Dialer) (err error) {
+		out, _, err = cd.DialTCP(ctx, target)
+		return err
+	})
+	return out, via, err
+}
+
+// eachChain tries do with a dialer for each alternative chain of d's
+// route in turn, skipping chains that failed lately while others are left,
+// until one works or one is refused for good. It returns the chain used.
+func (c *conn) eachChain(ctx context.Context, d *policy.Decision, do func(context.Context, *client.Dialer) error) (string, error) {
 	chains := d.Route.Chains
 	var first error
 	tried := 0
@@ -85,25 +97,28 @@ func (c *conn) dialRoute(ctx context.Context, d *policy.Decision) (*net.TCPConn,
 		}
 		tried++
 		actx, cancel := shareDeadline(ctx, len(chains)-i)
-		out, err := c.dialChain(actx, d, chain, target)
+		cd, err := c.chainDialer(actx, d, chain)
+		if err == nil {
+			err = do(actx, cd)
+		}
 		cancel()
 		if err == nil {
 			c.s.backoff.ok(key)
-			return out, key, nil
+			return key, nil
 		}
 		if first == nil {
 			first = err
 		}
 		if !client.Retryable(err) || ctx.Err() != nil {
-			return nil, key, err // a definite refusal is final, as in legacy
+			return key, err // a definite refusal is final, as in legacy
 		}
 		c.s.backoff.fail(key)
 		c.s.logger().Warn("next hop failed; trying the next", "id", c.id, "via", key, "err", err)
 	}
 	if tried == 0 {
-		return nil, "", errors.New("every next hop is backing off")
+		return "", errors.New("every next hop is backing off")
 	}
-	return nil, chainString(chains[len(chains)-1]), first
+	return chainString(chains[len(chains)-1]), first
 }
 
 // anyLeft reports whether some chain is not backing off.
@@ -126,10 +141,10 @@ func shareDeadline(ctx context.Context, n int) (context.Context, context.CancelF
 	return context.WithCancel(ctx)
 }
 
-// dialChain connects through one chain. A SOCKS4 hop gets the client's
-// claimed user as USERID, as legacy rsockd forwarded it; SOCKS5 and HTTP
-// hops get the credentials -upstream-passwd gives.
-func (c *conn) dialChain(ctx context.Context, d *policy.Decision, chain []policy.Hop, target string) (*net.TCPConn, error) {
+// chainDialer builds the dialer of one chain. A SOCKS4 hop gets the
+// client's claimed user as USERID, as legacy rsockd forwarded it; SOCKS5
+// and HTTP hops get the credentials -upstream-passwd gives.
+func (c *conn) chainDialer(ctx context.Context, d *policy.Decision, chain []policy.Hop) (*client.Dialer, error) {
 	fwd := c.s.Dialer
 	if fwd == nil {
 		fwd = &net.Dialer{}
@@ -164,9 +179,7 @@ func (c *conn) dialChain(ctx context.Context, d *policy.Decision, chain []policy
 		f.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 		fwd = &f
 	}
-	cd := client.Dialer{Hops: hops, Forward: fwd, Resolver: c.s.resolver()}
-	out, _, err := cd.DialTCP(ctx, target)
-	return out, err
+	return &client.Dialer{Hops: hops, Forward: fwd, Resolver: c.s.resolver()}, nil
 }
 
 func chainString(chain []policy.Hop) string {

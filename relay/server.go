@@ -84,6 +84,9 @@ type Server struct {
 	HandshakeTimeout time.Duration
 	ConnectTimeout   time.Duration
 	IdleTimeout      time.Duration
+	// BindTimeout bounds the wait for the inbound connection of a BIND
+	// (default 2m).
+	BindTimeout time.Duration
 	// MaxSessions caps concurrent sessions; beyond it new clients are
 	// refused (SOCKS4 91, SOCKS5 REP 1). 0 means no cap.
 	MaxSessions int

@@ -34,6 +34,7 @@ type options struct {
 
 	handshakeTimeout time.Duration
 	connectTimeout   time.Duration
+	bindTimeout      time.Duration
 	idleTimeout      time.Duration
 	grace            time.Duration
 	maxSessions      int
@@ -82,6 +83,7 @@ func (o *options) serveFlags(fs *flag.FlagSet) {
 	fs.UintVar(&o.identPort, "ident-port", 113, "identd `port` to query on clients")
 	fs.DurationVar(&o.handshakeTimeout, "handshake-timeout", 30*time.Second, "time a client has to finish its request")
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 2*time.Minute, "outbound connect time limit")
+	fs.DurationVar(&o.bindTimeout, "bind-timeout", 2*time.Minute, "time a BIND waits for its inbound connection")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "end sessions idle this long (0: never)")
 	fs.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGTERM, time sessions get to finish")
 	fs.IntVar(&o.maxSessions, "max-sessions", 0, "cap on concurrent sessions (0: none)")

@@ -144,6 +144,7 @@ func (d *daemon) start() error {
 		Hooks:            &relay.Hooks{Logger: d.log, Timeout: d.o.commandTimeout, Max: d.o.maxCommands},
 		HandshakeTimeout: d.o.handshakeTimeout,
 		ConnectTimeout:   d.o.connectTimeout,
+		BindTimeout:      d.o.bindTimeout,
 		IdleTimeout:      d.o.idleTimeout,
 		MaxSessions:      d.o.maxSessions,
 	}

@@ -27,6 +27,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/sockd-ng/sockd/relay/internal/wire"
 )
 
 // Proto is the protocol a hop speaks.
@@ -243,8 +245,9 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 }
 
 // DialTCP is DialContext on "tcp" that also returns the address the last
-// hop reported as bound: BND.ADDR and BND.PORT of a SOCKS5 hop, the zero
-// AddrPort otherwise.
+// hop reported as bound: BND.ADDR and BND.PORT of a SOCKS5 hop, DSTIP and
+// DSTPORT of a SOCKS4 reply, the zero AddrPort for HTTP or when the hop
+// sent a name.
 func (d *Dialer) DialTCP(ctx context.Context, address string) (*net.TCPConn, netip.AddrPort, error) {
 	return d.dial(ctx, "tcp", address)
 }
@@ -326,9 +329,9 @@ func (d *Dialer) connect(ctx context.Context, c *net.TCPConn, h Hop, target stri
 	}
 	switch h.Proto {
 	case SOCKS4, SOCKS4a:
-		return netip.AddrPort{}, d.socks4(ctx, c, h, host, port)
+		return d.socks4(ctx, c, h, wire.Cmd4Connect, host, port)
 	case SOCKS5:
-		return socks5(c, h, host, port)
+		return socks5(c, h, wire.CmdConnect, host, port)
 	case HTTP:
 		return netip.AddrPort{}, httpConnect(c, h, target)
 	}

@@ -21,10 +21,11 @@ import (
 // io.ReadFull, exactly as long as the protocol says, so that no byte of
 // the relayed data is read here and the conn needs no wrapper.
 
-// socks4 asks a SOCKS4 or 4a hop to connect to host:port. A plain SOCKS4
-// hop gets an IPv4 address: a name is resolved here.
-func (d *Dialer) socks4(ctx context.Context, c net.Conn, h Hop, host string, port uint16) error {
-	r := wire.Request4{Cmd: wire.Cmd4Connect, Port: port, User: h.User}
+// socks4 sends a SOCKS4 or 4a request with command cmd (connect or bind)
+// for host:port and reads the (first) reply. A plain SOCKS4 hop gets an
+// IPv4 address: a name is resolved here.
+func (d *Dialer) socks4(ctx context.Context, c net.Conn, h Hop, cmd byte, host string, port uint16) (netip.AddrPort, error) {
+	r := wire.Request4{Cmd: cmd, Port: port, User: h.User}
 	ip, err := netip.ParseAddr(host)
 	switch {
 	case err == nil:
@@ -32,33 +33,38 @@ func (d *Dialer) socks4(ctx context.Context, c net.Conn, h Hop, host string, por
 		r.IP, r.Name = [4]byte{0, 0, 0, 1}, host // 0.0.0.x, x != 0: a name follows
 	default:
 		if ip, err = d.lookup4(ctx, host); err != nil {
-			return err
+			return netip.AddrPort{}, err
 		}
 	}
 	if r.Name == "" {
 		if ip = ip.Unmap(); !ip.Is4() {
-			return &net.AddrError{Err: "SOCKS4 carries only IPv4 addresses", Addr: host}
+			return netip.AddrPort{}, &net.AddrError{Err: "SOCKS4 carries only IPv4 addresses", Addr: host}
 		}
 		r.IP = ip.As4()
 	}
 	if len(r.User) > wire.MaxField || strings.IndexByte(r.User, 0) >= 0 {
-		return fmt.Errorf("%v: USERID %q is longer than 255 bytes or holds a NUL", h, r.User)
+		return netip.AddrPort{}, fmt.Errorf("%v: USERID %q is longer than 255 bytes or holds a NUL", h, r.User)
 	}
 	if err := write(c, h, r.Append(nil)); err != nil {
-		return err
+		return netip.AddrPort{}, err
 	}
+	return reply4(c, h)
+}
+
+// reply4 reads a SOCKS4 reply and returns its DSTIP and DSTPORT.
+func reply4(c net.Conn, h Hop) (netip.AddrPort, error) {
 	var b [8]byte
 	if _, err := io.ReadFull(c, b[:]); err != nil {
-		return readErr(h, err)
+		return netip.AddrPort{}, readErr(h, err)
 	}
-	cd, _, _, err := wire.ParseReply4(b[:])
+	cd, bound, _, err := wire.ParseReply4(b[:])
 	switch {
 	case err != nil:
-		return &ProtocolError{h, err}
+		return netip.AddrPort{}, &ProtocolError{h, err}
 	case cd != wire.Granted4:
-		return &ReplyError{h, int(cd), socks4Msg(cd)}
+		return netip.AddrPort{}, &ReplyError{h, int(cd), socks4Msg(cd)}
 	}
-	return nil
+	return bound, nil
 }
 
 // socks4Msg is CD's meaning, from the SOCKS4 protocol notes.
@@ -93,9 +99,10 @@ func (d *Dialer) lookup4(ctx context.Context, host string) (netip.Addr, error) {
 	return netip.Addr{}, &net.AddrError{Err: "no IPv4 address for a SOCKS4 hop", Addr: host}
 }
 
-// socks5 asks a SOCKS5 hop to connect to host:port (RFC 1928 sections 3
-// to 6, RFC 1929) and returns BND.ADDR and BND.PORT when they are an IP.
-func socks5(c net.Conn, h Hop, host string, port uint16) (netip.AddrPort, error) {
+// socks5 sends a SOCKS5 request with command cmd (connect, bind or UDP
+// associate) for host:port (RFC 1928 sections 3 to 6, RFC 1929) and
+// returns the (first) reply's BND.ADDR and BND.PORT when they are an IP.
+func socks5(c net.Conn, h Hop, cmd byte, host string, port uint16) (netip.AddrPort, error) {
 	var bound netip.AddrPort
 	methods := []byte{wire.MethodNone}
 	auth := h.User != "" || h.Password != ""
@@ -136,15 +143,22 @@ func socks5(c net.Conn, h Hop, host string, port uint16) (netip.AddrPort, error)
 	case m != wire.MethodNone:
 		return bound, &ProtocolError{h, fmt.Errorf("hop chose method %#x, which was not offered", m)}
 	}
-	r := wire.Request5{Cmd: wire.CmdConnect, Addr: wire.Addr{Port: port}}
+	r := wire.Request5{Cmd: cmd, Addr: wire.Addr{Port: port}}
 	if r.Addr.IP, err = netip.ParseAddr(host); err != nil {
 		r.Addr.Name = host
 	}
 	if err := write(c, h, r.Append(nil)); err != nil {
 		return bound, err
 	}
-	// Read the fixed part and the first address byte, then the rest, whose
-	// length ParseReply5 tells.
+	return reply5(c, h)
+}
+
+// reply5 reads a SOCKS5 reply: the fixed part and the first address byte,
+// then the rest, whose length ParseReply5 tells. It returns BND.ADDR and
+// BND.PORT when they are an IP.
+func reply5(c net.Conn, h Hop) (netip.AddrPort, error) {
+	var bound netip.AddrPort
+	var b [4 + 1 + 255 + 2]byte // the longest reply
 	for have, n := 0, 5; ; {
 		if _, err := io.ReadFull(c, b[have:n]); err != nil {
 			return bound, readErr(h, err)

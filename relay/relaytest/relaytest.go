@@ -70,12 +70,24 @@ func NewServer(t testing.TB, rules string, configure ...func(*relay.Server)) *Se
 
 // Compile parses and compiles sockd.conf text named "sockd.conf".
 func Compile(t testing.TB, rules string) *policy.Ruleset {
+	return CompileRoutes(t, rules, "")
+}
+
+// CompileRoutes compiles sockd.conf text with socks.conf text as its
+// routing table (none when empty).
+func CompileRoutes(t testing.TB, rules, routes string) *policy.Ruleset {
 	t.Helper()
 	f, err := grammar.ParseSockd("sockd.conf", strings.NewReader(rules))
 	if err != nil {
 		t.Fatalf("rules: %v", err)
 	}
-	rs, err := policy.Compile(f, policy.Options{})
+	var opt policy.Options
+	if routes != "" {
+		if opt.Routes, err = grammar.ParseSocks("socks.conf", strings.NewReader(routes)); err != nil {
+			t.Fatalf("routes: %v", err)
+		}
+	}
+	rs, err := policy.Compile(f, opt)
 	if err != nil {
 		t.Fatalf("rules: %v", err)
 	}
