@@ -71,15 +71,15 @@ func TestRealPeers(t *testing.T) {
 		for _, tc := range []struct {
 			name  string
 			hop   client.Hop
-			bound bool // a SOCKS5 hop reports BND.ADDR
+			bound bool // a SOCKS hop reports BND.ADDR (DSTIP in SOCKS4); HTTP does not
 		}{
-			{name: "sockd socks4", hop: client.Hop{Proto: client.SOCKS4, Addr: p.sockd.Addr, User: "alice"}},
-			{name: "sockd socks4a", hop: client.Hop{Proto: client.SOCKS4a, Addr: p.sockd.Addr}},
+			{name: "sockd socks4", hop: client.Hop{Proto: client.SOCKS4, Addr: p.sockd.Addr, User: "alice"}, bound: true},
+			{name: "sockd socks4a", hop: client.Hop{Proto: client.SOCKS4a, Addr: p.sockd.Addr}, bound: true},
 			{name: "sockd socks5", hop: client.Hop{Proto: client.SOCKS5, Addr: p.sockd.Addr}, bound: true},
 			{name: "sockd socks5 RFC 1929", hop: client.Hop{Proto: client.SOCKS5, Addr: p.sockdPw.Addr, User: "alice", Password: "wonder land"}, bound: true},
-			{name: "sockd socks4 USERID checked", hop: client.Hop{Proto: client.SOCKS4, Addr: p.sockdAlice.Addr, User: "alice"}},
+			{name: "sockd socks4 USERID checked", hop: client.Hop{Proto: client.SOCKS4, Addr: p.sockdAlice.Addr, User: "alice"}, bound: true},
 			{name: "dante socks5", hop: client.Hop{Proto: client.SOCKS5, Addr: p.dante}, bound: true},
-			{name: "dante socks4", hop: client.Hop{Proto: client.SOCKS4, Addr: p.dante, User: "nobody"}},
+			{name: "dante socks4", hop: client.Hop{Proto: client.SOCKS4, Addr: p.dante, User: "nobody"}, bound: true},
 			{name: "dante socks5 username", hop: client.Hop{Proto: client.SOCKS5, Addr: p.danteUser, User: testUser, Password: testPass}, bound: true},
 			{name: "tinyproxy", hop: client.Hop{Proto: client.HTTP, Addr: p.tiny}},
 			{name: "tinyproxy Basic auth", hop: client.Hop{Proto: client.HTTP, Addr: p.tinyAuth, User: tinyUser, Password: tinyPass}},
