@@ -9,6 +9,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/sockd-ng/sockd/grammar"
 	"github.com/sockd-ng/sockd/policy"
 	"github.com/sockd-ng/sockd/relay/client"
 	"github.com/sockd-ng/sockd/relay/internal/wire"
@@ -111,8 +112,14 @@ func (c *conn) bindVia(ctx context.Context, d *policy.Decision, allowed []netip.
 
 // bindPeer checks the inbound connection's source, sends the second reply
 // and relays; conn is the inbound connection, or the hop's that carries it.
+// A request that named no address (0.0.0.0 or ::, as RFC 1928 lets a
+// client that does not know it, and as Dante's socksify does) takes any
+// peer the rules permit: the peer is judged as a BIND from its address.
 func (c *conn) bindPeer(conn *net.TCPConn, peer netip.AddrPort, allowed []netip.Addr, reply encoder, code coder) error {
 	c.connected = peer
+	if len(allowed) == 1 && (!allowed[0].IsValid() || allowed[0].IsUnspecified()) && c.peerPermitted(peer) {
+		allowed = []netip.Addr{peer.Addr().Unmap()}
+	}
 	for _, a := range allowed {
 		if a == peer.Addr().Unmap() {
 			c.mu.Lock()
@@ -131,6 +138,23 @@ func (c *conn) bindPeer(conn *net.TCPConn, peer netip.AddrPort, allowed []netip.
 	c.reply, c.reason = int(rep), "BIND peer is not the host the request named"
 	c.refuse(reply(rep, peer))
 	return fmt.Errorf("%w: %s", errWrongPeer, peer)
+}
+
+// peerPermitted judges the peer of a BIND that named no address, with
+// the request's port and user, as a BIND to the peer's address.
+func (c *conn) peerPermitted(peer netip.AddrPort) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
+	defer cancel()
+	d := c.s.Decider.Decide(ctx, policy.Query{
+		Command: policy.Bind, Client: c.remote.Addr(), User: c.user, Source: c.source,
+		Dst: peer.Addr().Unmap(), Port: c.dst.Port,
+		Ident: c.ident, ClientName: c.clientNameOnce, DstAddrName: c.s.dstName,
+	})
+	if d.Action != grammar.Permit {
+		c.rule = d.Rule
+		return false
+	}
+	return true
 }
 
 // bindFailed sends the second reply for a BIND that got no peer: its time

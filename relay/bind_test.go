@@ -194,3 +194,23 @@ func TestBindViaHop(t *testing.T) {
 		front.Log.WaitFor(t, "cmd=bind", "connected=127.0.0.6:1234", "BIND peer is not the host the request named")
 	})
 }
+
+// A BIND that names no address (0.0.0.0, as Dante's socksify sends) takes
+// any peer the rules permit as a BIND from its address.
+func TestBindUnspecified(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	rules := "deny ALL 0.0.0.0 127.0.0.2 255.255.255.255\npermit 127.0.0.0/8\n"
+	srv := relaytest.NewServer(t, rules)
+	for _, tc := range []struct {
+		from string
+		code byte
+	}{{"127.0.0.7", 0}, {"127.0.0.2", 2}} {
+		c, at := startBind(t, srv.Addr, true, "0.0.0.0:0")
+		peer := dial(t, at.String(), tc.from)
+		code, from := readReply(t, c, true)
+		if code != tc.code || from.String() != peer.LocalAddr().String() {
+			t.Errorf("peer from %s: second reply %d %s, want %d", tc.from, code, from, tc.code)
+		}
+	}
+	srv.Log.WaitFor(t, "cmd=bind", "dst=0.0.0.0:0", "connected=127.0.0.2", "rule=sockd.conf:1", "reply=2")
+}

@@ -58,6 +58,7 @@ type conn struct {
 	proto     string
 	cmd       policy.Command
 	user      string
+	source    policy.UserSource
 	dst       wire.Addr
 	connected netip.AddrPort
 	rule      string
@@ -67,6 +68,7 @@ type conn struct {
 	via       string
 	reply     int
 	up, down  int64
+	dgrams    [3]int64 // UDP datagrams up, down, dropped
 	err       error
 	warn      bool
 }
@@ -312,9 +314,7 @@ func (c *conn) socks5() error {
 		return c.bind(source, reply, socks5Rep)
 	case wire.CmdUDP:
 		c.cmd = policy.UDP
-		c.reply, c.reason = wire.RepCmdNotSupported, "command not supported yet"
-		c.refuse(wire.AppendReply5(nil, wire.RepCmdNotSupported, netip.AddrPort{}))
-		return nil
+		return c.udp(source, reply)
 	default:
 		c.reply, c.reason = wire.RepCmdNotSupported, "unknown command "+strconv.Itoa(int(req.Cmd))
 		c.refuse(wire.AppendReply5(nil, wire.RepCmdNotSupported, netip.AddrPort{}))
@@ -401,6 +401,7 @@ func (c *conn) admit(ctx context.Context, source policy.UserSource, reply encode
 		Resolve:     c.s.resolve,
 	}
 	d = c.s.Decider.Decide(ctx, q)
+	c.source = source
 	c.rule, c.reason, c.user = d.Rule, d.Reason, d.User
 	c.action = d.Action.String()
 	c.route = d.Route.Rule
@@ -581,6 +582,14 @@ func (c *conn) log() {
 		slog.Int("reply", c.reply),
 		slog.Int64("bytes_up", c.up),
 		slog.Int64("bytes_down", c.down),
+	)
+	if c.cmd == policy.UDP {
+		attrs = append(attrs,
+			slog.Int64("dgrams_up", c.dgrams[0]),
+			slog.Int64("dgrams_down", c.dgrams[1]),
+			slog.Int64("dgrams_dropped", c.dgrams[2]))
+	}
+	attrs = append(attrs,
 		slog.Duration("dur", time.Since(c.start).Round(time.Microsecond)),
 	)
 	if c.err != nil {

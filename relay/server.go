@@ -85,8 +85,10 @@ type Server struct {
 	ConnectTimeout   time.Duration
 	IdleTimeout      time.Duration
 	// BindTimeout bounds the wait for the inbound connection of a BIND
-	// (default 2m).
+	// (default 2m). UDPTimeout ends a UDP association in which no datagram
+	// moved for that long (default IdleTimeout, else 5m).
 	BindTimeout time.Duration
+	UDPTimeout  time.Duration
 	// MaxSessions caps concurrent sessions; beyond it new clients are
 	// refused (SOCKS4 91, SOCKS5 REP 1). 0 means no cap.
 	MaxSessions int

@@ -35,6 +35,7 @@ type options struct {
 	handshakeTimeout time.Duration
 	connectTimeout   time.Duration
 	bindTimeout      time.Duration
+	udpTimeout       time.Duration
 	idleTimeout      time.Duration
 	grace            time.Duration
 	maxSessions      int
@@ -85,6 +86,7 @@ func (o *options) serveFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.connectTimeout, "connect-timeout", 2*time.Minute, "outbound connect time limit")
 	fs.DurationVar(&o.bindTimeout, "bind-timeout", 2*time.Minute, "time a BIND waits for its inbound connection")
 	fs.DurationVar(&o.idleTimeout, "idle-timeout", 0, "end sessions idle this long (0: never)")
+	fs.DurationVar(&o.udpTimeout, "udp-timeout", 0, "end UDP associations idle this long (default -idle-timeout, else 5m)")
 	fs.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGTERM, time sessions get to finish")
 	fs.IntVar(&o.maxSessions, "max-sessions", 0, "cap on concurrent sessions (0: none)")
 	fs.DurationVar(&o.commandTimeout, "command-timeout", 30*time.Second, "time limit of a rule's shell command")

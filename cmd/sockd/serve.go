@@ -145,6 +145,7 @@ func (d *daemon) start() error {
 		HandshakeTimeout: d.o.handshakeTimeout,
 		ConnectTimeout:   d.o.connectTimeout,
 		BindTimeout:      d.o.bindTimeout,
+		UDPTimeout:       d.o.udpTimeout,
 		IdleTimeout:      d.o.idleTimeout,
 		MaxSessions:      d.o.maxSessions,
 	}

@@ -1,0 +1,257 @@
+package relay_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/sockd-ng/sockd/relay"
+	"github.com/sockd-ng/sockd/relay/relaytest"
+)
+
+// udpEcho is a UDP echo server that remembers who sent to it.
+type udpEcho struct {
+	addr netip.AddrPort
+	mu   sync.Mutex
+	from []netip.AddrPort
+}
+
+func startUDPEcho(t *testing.T) *udpEcho {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP("127.0.0.1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	e := &udpEcho{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			e.mu.Lock()
+			e.from = append(e.from, from)
+			e.mu.Unlock()
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return e
+}
+
+func (e *udpEcho) last() netip.AddrPort {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.from[len(e.from)-1]
+}
+
+// associate opens a UDP association and returns the control connection
+// and the relay address.
+func associate(t *testing.T, srv string) (net.Conn, netip.AddrPort) {
+	t.Helper()
+	c := dial(t, srv, "")
+	c.Write([]byte{5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0})
+	expect(t, c, []byte{5, 0})
+	code, relayAddr := readReply(t, c, true)
+	if code != 0 {
+		t.Fatalf("UDP ASSOCIATE reply %d", code)
+	}
+	return c, relayAddr
+}
+
+// udpClient is the client's UDP socket.
+func udpClient(t *testing.T, ip string) *net.UDPConn {
+	t.Helper()
+	u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { u.Close() })
+	return u
+}
+
+// header is a SOCKS5 UDP request header: RSV, FRAG, ATYP, address, port.
+func header(frag byte, to netip.AddrPort) []byte {
+	ip := to.Addr().As4()
+	b := append([]byte{0, 0, frag, 1}, ip[:]...)
+	return binary.BigEndian.AppendUint16(b, to.Port())
+}
+
+func nameHeader(name string, port uint16) []byte {
+	b := append([]byte{0, 0, 0, 3, byte(len(name))}, name...)
+	return binary.BigEndian.AppendUint16(b, port)
+}
+
+// recv reads one datagram, or nothing within wait.
+func recv(u *net.UDPConn, wait time.Duration) ([]byte, bool) {
+	u.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, 65535)
+	n, _, err := u.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return nil, false
+	}
+	return buf[:n], true
+}
+
+func TestUDPAssociate(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := startUDPEcho(t)
+	denied := startUDPEcho(t)
+	dns := relaytest.DNS(t, "host-record=echo.test,127.0.0.1")
+	rules := "deny ALL 0.0.0.0 127.0.0.1/32 eq " + itoa(denied.addr.Port()) + "\npermit 127.0.0.0/8\n"
+	srv := relaytest.NewServer(t, rules, func(s *relay.Server) { s.Resolver = relaytest.Resolver(dns) })
+	ctl, relayAddr := associate(t, srv.Addr)
+	if relayAddr.Addr() != netip.MustParseAddr("127.0.0.1") {
+		t.Errorf("relay on %s, want the address the client reached", relayAddr)
+	}
+	u := udpClient(t, "127.0.0.1")
+	send := func(u *net.UDPConn, b []byte) {
+		if _, err := u.WriteToUDPAddrPort(b, relayAddr); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wantReply := func(payload string) {
+		t.Helper()
+		got, ok := recv(u, 5*time.Second)
+		want := append(header(0, echo.addr), payload...)
+		if !ok || !bytes.Equal(got, want) {
+			t.Fatalf("reply %q, want %q", got, want)
+		}
+	}
+	noReply := func(what string) {
+		t.Helper()
+		if got, ok := recv(u, 300*time.Millisecond); ok {
+			t.Fatalf("%s: got a reply %q", what, got)
+		}
+	}
+	t.Run("round trip", func(t *testing.T) {
+		send(u, append(header(0, echo.addr), "ping"...))
+		wantReply("ping")
+	})
+	t.Run("a name, resolved by the server", func(t *testing.T) {
+		send(u, append(nameHeader("echo.test", echo.addr.Port()), "by name"...))
+		wantReply("by name")
+	})
+	t.Run("FRAG not 0 is dropped", func(t *testing.T) {
+		send(u, append(header(1, echo.addr), "fragment"...))
+		noReply("fragment")
+	})
+	t.Run("a denied destination is dropped", func(t *testing.T) {
+		send(u, append(header(0, denied.addr), "denied"...))
+		noReply("denied destination")
+		denied.mu.Lock()
+		defer denied.mu.Unlock()
+		if len(denied.from) != 0 {
+			t.Error("the denied destination received a datagram")
+		}
+	})
+	t.Run("a foreign source is dropped", func(t *testing.T) {
+		other := udpClient(t, "127.0.0.2")
+		other.WriteToUDPAddrPort(append(header(0, echo.addr), "foreign"...), relayAddr)
+		if got, ok := recv(other, 300*time.Millisecond); ok {
+			t.Fatalf("a foreign source got a reply %q", got)
+		}
+	})
+	t.Run("a remote the client never sent to is dropped", func(t *testing.T) {
+		send(u, append(header(0, echo.addr), "x"...))
+		wantReply("x")
+		stranger := udpClient(t, "127.0.0.1")
+		stranger.WriteToUDPAddrPort([]byte("unsolicited"), echo.last()) // the server's remote-facing socket
+		noReply("unsolicited datagram")
+	})
+	t.Run("closing the control connection ends the association", func(t *testing.T) {
+		ctl.Close()
+		srv.Log.WaitFor(t, "cmd=udp", "dgrams_up=3", "dgrams_down=3", "dgrams_dropped=4")
+		send(u, append(header(0, echo.addr), "after"...))
+		noReply("after the association ended")
+	})
+}
+
+// A DNS query over UDP through the server to a local DNS server.
+func TestUDPDNS(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	dnsAddr := netip.MustParseAddrPort(relaytest.DNS(t, "host-record=www.test,192.0.2.80"))
+	srv := relaytest.NewServer(t, loopback)
+	_, relayAddr := associate(t, srv.Addr)
+	u := udpClient(t, "127.0.0.1")
+	q, err := (&dnsmessage.Message{
+		Header:    dnsmessage.Header{ID: 4711, RecursionDesired: true},
+		Questions: []dnsmessage.Question{{Name: dnsmessage.MustNewName("www.test."), Type: dnsmessage.TypeA, Class: dnsmessage.ClassINET}},
+	}).Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.WriteToUDPAddrPort(append(header(0, dnsAddr), q...), relayAddr)
+	got, ok := recv(u, 5*time.Second)
+	hl := len(header(0, dnsAddr))
+	if !ok || len(got) < hl || !bytes.Equal(got[:hl], header(0, dnsAddr)) {
+		t.Fatalf("reply %q", got)
+	}
+	var m dnsmessage.Message
+	if err := m.Unpack(got[hl:]); err != nil {
+		t.Fatal(err)
+	}
+	if m.ID != 4711 || len(m.Answers) != 1 {
+		t.Fatalf("answer %+v", m)
+	}
+	if a, ok := m.Answers[0].Body.(*dnsmessage.AResource); !ok || netip.AddrFrom4(a.A).String() != "192.0.2.80" {
+		t.Fatalf("answer %+v", m.Answers[0])
+	}
+}
+
+// Through a SOCKS5 next hop the server opens its own association with the
+// hop and relays both ways.
+func TestUDPViaHop(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := startUDPEcho(t)
+	hop := relaytest.NewServer(t, loopback)
+	front := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @=socks5://"+hop.Addr+" ALL 0.0.0.0\n")
+	})
+	// 127.0.0.1 always goes direct (the legacy rule): use 127.0.0.5.
+	e2 := startUDPEchoOn(t, "127.0.0.5")
+	_ = echo
+	ctl, relayAddr := associate(t, front.Addr)
+	u := udpClient(t, "127.0.0.1")
+	for i := range 3 {
+		msg := []byte("via hop " + itoa(uint16(i)))
+		u.WriteToUDPAddrPort(append(header(0, e2.addr), msg...), relayAddr)
+		got, ok := recv(u, 5*time.Second)
+		if want := append(header(0, e2.addr), msg...); !ok || !bytes.Equal(got, want) {
+			t.Fatalf("reply %q, want %q", got, want)
+		}
+	}
+	ctl.Close()
+	front.Log.WaitFor(t, "cmd=udp", "via=socks5://"+hop.Addr, "dgrams_up=3", "dgrams_down=3")
+	hop.Log.WaitFor(t, "cmd=udp", "dgrams_up=3", "dgrams_down=3")
+}
+
+func startUDPEchoOn(t *testing.T, ip string) *udpEcho {
+	t.Helper()
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP(ip)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	e := &udpEcho{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	return e
+}
+
+func itoa(n uint16) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), n).String()[8:] }
