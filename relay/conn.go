@@ -53,6 +53,7 @@ type conn struct {
 	running        atomic.Int32
 	errUp, errDown error
 	act            activity
+	halves         [2]*half
 
 	// what the session log line says
 	proto     string
@@ -73,14 +74,28 @@ type conn struct {
 	warn      bool
 }
 
-// abort closes both legs, ending the session.
+// abort closes both legs, ending the session. A parked half has no
+// goroutine to see that: it is resumed, to finish.
 func (c *conn) abort() {
 	c.mu.Lock()
-	out := c.out
+	out, halves := c.out, c.halves
 	c.mu.Unlock()
+	var resume [2]*half
+	if pk := c.s.pk.Load(); pk != nil {
+		for i, h := range halves {
+			if h != nil && pk.unpark(h) {
+				resume[i] = h
+			}
+		}
+	}
 	c.c.Close()
 	if out != nil {
 		out.Close()
+	}
+	for _, h := range resume {
+		if h != nil {
+			go h.run()
+		}
 	}
 }
 
@@ -483,36 +498,33 @@ func (c *conn) relay(out net.Conn) error {
 	}
 	handshakeBufs.Put(c.buf)
 	c.buf = nil
-	idle := c.s.IdleTimeout
-	if idle > 0 {
+	if c.s.IdleTimeout > 0 {
 		c.act.touch()
 	}
 	c.running.Store(2)
-	go c.half(out, c.c, &c.up, &c.errUp, idle)
-	go c.half(c.c, out, &c.down, &c.errDown, idle)
+	up := newHalf(c, out, c.c, &c.up, &c.errUp)
+	down := newHalf(c, c.c, out, &c.down, &c.errDown)
+	c.mu.Lock()
+	c.halves = [2]*half{up, down}
+	c.mu.Unlock()
+	go up.run()
+	go down.run()
 	return errRelaying
 }
 
-// half relays one direction; the last one out ends the session.
-func (c *conn) half(dst, src net.Conn, n *int64, errp *error, idle time.Duration) {
-	w, err := copyHalf(&c.s.pipes, dst, src, idle, &c.act)
-	*n += w
-	if err != nil {
-		c.abort() // the other direction ends too
-	}
-	*errp = err
-	if c.running.Add(-1) > 0 {
-		return
-	}
+// endRelay ends a relayed session once both halves are done.
+func (c *conn) endRelay() {
 	// Report the error that started the end, not the "use of closed
 	// connection" it caused in the other direction.
-	err = c.errUp
+	err := c.errUp
 	if err == nil || isClosedConn(err) && c.errDown != nil {
 		err = c.errDown
 	}
+	c.mu.Lock()
 	if err != nil && !isClosedConn(err) && c.err == nil {
 		c.err = err
 	}
+	c.mu.Unlock()
 	c.finish()
 }
 
@@ -610,4 +622,14 @@ func (c *conn) dstString() string {
 		return ""
 	}
 	return c.dst.String()
+}
+
+// idleOut ends a session the parker found idle.
+func (c *conn) idleOut() {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = errIdle
+	}
+	c.mu.Unlock()
+	c.abort()
 }

@@ -96,33 +96,17 @@ type activity struct{ last atomic.Int64 }
 
 func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
 
-// copyHalf relays src to dst until src reaches EOF, then half-closes dst.
-// It splices when both ends are TCP sockets and falls back to a user-space
-// copy otherwise (or when no pipe can be had). With idle > 0, it gives up
-// when neither direction of the session (act) has moved a byte for idle.
-func copyHalf(pool *pipePool, dst, src net.Conn, idle time.Duration, act *activity) (int64, error) {
-	var n int64
-	var err error
-	st, sok := src.(*net.TCPConn)
-	dt, dok := dst.(*net.TCPConn)
-	if sok && dok {
-		n, err = spliceCopy(pool, dt, st, idle, act)
-	} else {
-		n, err = plainCopy(dst, src, idle, act)
-	}
-	if err == nil {
-		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-			cw.CloseWrite() // propagate the FIN; the other direction goes on
-		}
-	}
-	return n, err
-}
+// linger is how long a direction waits for bytes in the netpoller before
+// it parks (park.go): busy and short sessions never park; idle ones hold
+// no goroutine.
+const linger = 250 * time.Millisecond
 
 // errIdle ends a session that moved nothing for the idle limit.
 var errIdle = errors.New("idle timeout")
 
-// waitErr decides what a deadline during a wait means: with an idle limit,
-// the session is idle only if the other direction was quiet too.
+// idleExpired decides what a deadline during a wait means: with an idle
+// limit, the session is idle only if the other direction was quiet too.
+// (Used when directions cannot park; parked ones are swept by the parker.)
 func idleExpired(err error, src net.Conn, idle time.Duration, act *activity) (bool, error) {
 	if idle <= 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
 		return false, err
@@ -135,102 +119,179 @@ func idleExpired(err error, src net.Conn, idle time.Duration, act *activity) (bo
 	return false, errIdle
 }
 
-func spliceCopy(pool *pipePool, dst, src *net.TCPConn, idle time.Duration, act *activity) (int64, error) {
-	srcRC, err := src.SyscallConn()
-	if err != nil {
-		return 0, err
+// half is one direction of a session's relay: src to dst. It runs in a
+// goroutine while bytes flow, and parks (no goroutine) while src is quiet;
+// a fresh goroutine resumes it. Its fields belong to whichever goroutine
+// runs it; state tells the parker and abort who that is.
+type half struct {
+	c        *conn
+	dst, src net.Conn
+	n        int64 // bytes moved
+	err      *error
+	count    *int64
+
+	st, dt       *net.TCPConn // both set when the halves can splice
+	srcRC, dstRC syscall.RawConn
+	p            *pipe
+	in, out      int64
+	serr, perr   error
+	readF        func(fd uintptr) bool
+	writeF       func(fd uintptr) bool
+
+	state      atomic.Int32 // running or parked
+	token      uint64       // the parker's key, once parked
+	registered bool         // src is in the parker's epoll set
+}
+
+const (
+	running int32 = iota
+	parked
+)
+
+func newHalf(c *conn, dst, src net.Conn, count *int64, errp *error) *half {
+	h := &half{c: c, dst: dst, src: src, count: count, err: errp}
+	st, sok := src.(*net.TCPConn)
+	dt, dok := dst.(*net.TCPConn)
+	if !sok || !dok {
+		return h
 	}
-	dstRC, err := dst.SyscallConn()
-	if err != nil {
-		return 0, err
+	var err1, err2 error
+	h.srcRC, err1 = st.SyscallConn()
+	h.dstRC, err2 = dt.SyscallConn()
+	if err1 != nil || err2 != nil {
+		return h
 	}
-	if idle > 0 {
-		src.SetReadDeadline(time.Now().Add(idle))
-	}
-	var written int64
-	var p *pipe
-	var in int64
-	var serr, perr error
+	h.st, h.dt = st, dt
+	pool := &c.s.pipes
 	// readF splices what src has into a pipe. It takes the pipe only once
 	// src is readable and gives it back at EAGAIN, before waiting.
-	readF := func(fd uintptr) bool {
-		if p == nil {
-			if p, perr = pool.get(); perr != nil {
+	h.readF = func(fd uintptr) bool {
+		if h.p == nil {
+			if h.p, h.perr = pool.get(); h.perr != nil {
 				return true
 			}
 		}
 		for {
-			in, serr = unix.Splice(int(fd), nil, p.w, nil, p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			if serr != unix.EINTR {
+			h.in, h.serr = unix.Splice(int(fd), nil, h.p.w, nil, h.p.size, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if h.serr != unix.EINTR {
 				break
 			}
 		}
-		if serr == unix.EAGAIN {
-			pool.put(p)
-			p = nil
+		if h.serr == unix.EAGAIN {
+			pool.put(h.p)
+			h.p = nil
 			return false
 		}
 		return true
 	}
-	var out int64
-	writeF := func(fd uintptr) bool {
+	h.writeF = func(fd uintptr) bool {
 		for {
-			out, serr = unix.Splice(p.r, nil, int(fd), nil, p.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
-			if serr != unix.EINTR {
+			h.out, h.serr = unix.Splice(h.p.r, nil, int(fd), nil, h.p.n, unix.SPLICE_F_MOVE|unix.SPLICE_F_NONBLOCK)
+			if h.serr != unix.EINTR {
 				break
 			}
 		}
-		return serr != unix.EAGAIN
+		return h.serr != unix.EAGAIN
 	}
+	return h
+}
+
+// run relays until src reaches EOF (then it half-closes dst), an error, or
+// a park; it is the body of the half's goroutine.
+func (h *half) run() {
+	if h.st == nil {
+		n, err := plainCopy(h.dst, h.src, h.c.s.IdleTimeout, &h.c.act)
+		h.n += n
+		h.finish(err)
+		return
+	}
+	pk := h.c.s.parker()
+	idle := h.c.s.IdleTimeout
+	pool := &h.c.s.pipes
 	for {
-		if err := srcRC.Read(readF); err != nil {
-			if p != nil {
-				pool.put(p)
-				p = nil
+		switch {
+		case pk != nil:
+			h.st.SetReadDeadline(time.Now().Add(linger))
+		case idle > 0:
+			h.st.SetReadDeadline(time.Now().Add(idle))
+		}
+		if err := h.srcRC.Read(h.readF); err != nil {
+			if h.p != nil {
+				pool.put(h.p)
+				h.p = nil
 			}
-			if wait, err := idleExpired(err, src, idle, act); wait {
+			if pk != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				if pk.park(h) {
+					return // a fresh goroutine takes over when src has bytes
+				}
+				continue
+			}
+			if wait, err := idleExpired(err, h.st, idle, &h.c.act); wait {
 				continue
 			} else {
-				return written, err
+				h.finish(err)
+				return
 			}
 		}
-		if perr != nil {
+		if h.perr != nil {
 			// No pipe (EMFILE or the like): copy through user space.
-			n, err := plainCopy(dst, src, idle, act)
-			return written + n, err
+			h.st.SetReadDeadline(time.Time{})
+			n, err := plainCopy(h.dst, h.src, idle, &h.c.act)
+			h.n += n
+			h.finish(err)
+			return
 		}
-		if serr != nil {
-			pool.put(p)
-			p = nil
-			return written, os.NewSyscallError("splice", serr)
-		}
-		if in == 0 {
-			pool.put(p)
-			p = nil
-			return written, nil // EOF
-		}
-		p.n = int(in)
-		for p.n > 0 {
-			if err := dstRC.Write(writeF); err != nil {
-				pool.put(p) // not empty: closed, not pooled
-				p = nil
-				return written, err
+		if h.serr != nil || h.in == 0 {
+			pool.put(h.p)
+			h.p = nil
+			var err error
+			if h.serr != nil {
+				err = os.NewSyscallError("splice", h.serr)
 			}
-			if serr != nil {
-				pool.put(p)
-				p = nil
-				return written, os.NewSyscallError("splice", serr)
+			h.finish(err) // in == 0: EOF
+			return
+		}
+		h.p.n = int(h.in)
+		for h.p.n > 0 {
+			err := h.dstRC.Write(h.writeF)
+			if err == nil && h.serr != nil {
+				err = os.NewSyscallError("splice", h.serr)
 			}
-			p.n -= int(out)
-			written += out
+			if err != nil {
+				pool.put(h.p) // not empty: closed, not pooled
+				h.p = nil
+				h.finish(err)
+				return
+			}
+			h.p.n -= int(h.out)
+			h.n += h.out
 		}
 		if idle > 0 {
-			act.touch()
-			src.SetReadDeadline(time.Now().Add(idle))
+			h.c.act.touch()
 		}
 		// Keep the pipe: more data is likely; readF gives it back at
 		// EAGAIN.
 	}
+}
+
+// finish ends the half: at EOF it passes the FIN on, unless the other
+// direction is over already (then closing both says it); on error it ends
+// the whole session. The last half out ends the session.
+func (h *half) finish(err error) {
+	*h.count += h.n
+	*h.err = err
+	c := h.c
+	if err != nil {
+		c.abort()
+	} else if c.running.Load() > 1 {
+		if cw, ok := h.dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}
+	if c.running.Add(-1) > 0 {
+		return
+	}
+	c.endRelay()
 }
 
 // plainCopy is the user-space relay, for non-TCP ends and when no pipe can

@@ -95,6 +95,8 @@ type Server struct {
 
 	nextID   atomic.Uint64
 	backoff  backoff
+	pkOnce   sync.Once
+	pk       atomic.Pointer[parker]
 	active   atomic.Int64
 	pipes    pipePool
 	initOnce sync.Once
@@ -119,6 +121,22 @@ func (s *Server) init() {
 		s.dstName = s.confirmedName
 		s.resolve = s.lookup
 	})
+}
+
+// parker returns the server's parker, started on first use, or nil when
+// directions cannot park (or the server is closing).
+func (s *Server) parker() *parker {
+	s.pkOnce.Do(func() {
+		s.mu.Lock()
+		closing := s.closing
+		s.mu.Unlock()
+		if !closing {
+			if pk := newParker(s.IdleTimeout); pk != nil {
+				s.pk.Store(pk)
+			}
+		}
+	})
+	return s.pk.Load()
 }
 
 func (s *Server) logger() *slog.Logger {
@@ -243,6 +261,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		s.mu.Unlock()
 		<-done
+	}
+	s.pkOnce.Do(func() {}) // no parker from now on
+	if pk := s.pk.Load(); pk != nil {
+		pk.close()
 	}
 	s.pipes.close()
 	return err

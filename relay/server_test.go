@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -473,6 +474,7 @@ func TestServeConn(t *testing.T) {
 	relaytest.CheckLeaks(t)
 	echo := relaytest.Echo(t)
 	srv := &relay.Server{Decider: relaytest.Compile(t, loopback)}
+	t.Cleanup(func() { srv.Shutdown(context.Background()) })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -501,4 +503,82 @@ func TestServeConn(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("ServeConn did not return after the session ended")
 	}
+}
+
+// relayGoroutines counts goroutines running relay directions.
+func relayGoroutines() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "relay.(*half).run(")
+}
+
+// Idle sessions park: no goroutine per direction while nothing moves, and
+// bytes, an EOF or the shutdown bring them back.
+func TestParking(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := relaytest.Echo(t)
+	srv := relaytest.NewServer(t, loopback)
+	const n = 20
+	var cs []net.Conn
+	for range n {
+		c := dial(t, srv.Addr, "")
+		c.Write(append([]byte{5, 1, 0}, socks5Connect(echo)...))
+		expect(t, c, []byte{5, 0, 5, 0})
+		io.ReadFull(c, make([]byte, 8))
+		c.Write([]byte("x"))
+		expect(t, c, []byte("x"))
+		cs = append(cs, c)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for relayGoroutines() > 0 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if g := relayGoroutines(); g > 0 {
+		t.Fatalf("%d relay goroutines for %d idle sessions; want them parked", g, n)
+	}
+	// Bytes wake them, both ways.
+	for i, c := range cs[:n/2] {
+		msg := []byte("wake up " + string(rune('a'+i)))
+		c.Write(msg)
+		expect(t, c, msg)
+	}
+	// An EOF from the client reaches a parked session too: the echo server
+	// sees it and closes, and the client sees that.
+	c := cs[n-1]
+	time.Sleep(2 * linger())
+	c.(*net.TCPConn).CloseWrite()
+	if rest, err := io.ReadAll(c); err != nil || len(rest) != 0 {
+		t.Fatalf("after EOF: %q %v", rest, err)
+	}
+	srv.Log.WaitFor(t, "msg=conn", "bytes_up=1", "bytes_down=1")
+	// Shutdown ends the parked rest.
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Shutdown = %v", err)
+	}
+	for _, c := range cs[:n-1] {
+		expectClosed(t, c)
+	}
+}
+
+// linger is the relay's, as the tests see it: how long a quiet direction
+// waits before it parks.
+func linger() time.Duration { return 250 * time.Millisecond }
+
+// The idle limit also ends parked sessions.
+func TestIdleTimeoutParked(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := relaytest.Echo(t)
+	srv := relaytest.NewServer(t, loopback, func(s *relay.Server) { s.IdleTimeout = time.Second })
+	c := dial(t, srv.Addr, "")
+	c.Write(append([]byte{5, 1, 0}, socks5Connect(echo)...))
+	expect(t, c, []byte{5, 0, 5, 0})
+	io.ReadFull(c, make([]byte, 8))
+	start := time.Now()
+	expectClosed(t, c)
+	if d := time.Since(start); d < time.Second {
+		t.Errorf("closed after %v, before the idle limit", d)
+	}
+	srv.Log.WaitFor(t, "msg=conn", "err=\"idle timeout\"")
 }
