@@ -25,10 +25,7 @@ func (s *Server) dialDirect(ctx context.Context, in *policy.Interfaces, addrs []
 	if len(addrs) == 0 {
 		return nil, errNoAddress
 	}
-	d := s.Dialer
-	if d == nil {
-		d = &net.Dialer{}
-	}
+	d := s.dialer()
 	var first error
 	for i, a := range addrs {
 		dd := d

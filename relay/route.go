@@ -145,10 +145,7 @@ func shareDeadline(ctx context.Context, n int) (context.Context, context.CancelF
 // client's claimed user as USERID, as legacy rsockd forwarded it; SOCKS5
 // and HTTP hops get the credentials -upstream-passwd gives.
 func (c *conn) chainDialer(ctx context.Context, d *policy.Decision, chain []policy.Hop) (*client.Dialer, error) {
-	fwd := c.s.Dialer
-	if fwd == nil {
-		fwd = &net.Dialer{}
-	}
+	fwd := c.s.dialer()
 	hops := make([]client.Hop, len(chain))
 	for i, h := range chain {
 		hops[i] = client.Hop{Addr: h.Addr(), User: h.User, Password: h.Password}

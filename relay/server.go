@@ -74,7 +74,8 @@ type Server struct {
 	Passwords Authenticator
 	// Hooks runs the shell commands of matched rules; nil runs none.
 	Hooks *Hooks
-	// Dialer opens outbound connections; nil means a plain net.Dialer.
+	// Dialer opens outbound connections; nil means a net.Dialer with
+	// keep-alive on.
 	Dialer *net.Dialer
 
 	// HandshakeTimeout bounds the time from accept until the request is
@@ -108,6 +109,7 @@ type Server struct {
 	// dstName is the method value s.confirmedName, made once.
 	dstName func(context.Context, netip.Addr) string
 	resolve func(context.Context, string) ([]netip.Addr, error)
+	dial    *net.Dialer
 }
 
 // ErrServerClosed is returned by Serve after Shutdown.
@@ -120,8 +122,14 @@ func (s *Server) init() {
 		s.pipes.max = 32
 		s.dstName = s.confirmedName
 		s.resolve = s.lookup
+		s.dial = s.Dialer
+		if s.dial == nil {
+			s.dial = defaultDialer()
+		}
 	})
 }
+
+func (s *Server) dialer() *net.Dialer { return s.dial }
 
 // parker returns the server's parker, started on first use, or nil when
 // directions cannot park (or the server is closing).

@@ -217,7 +217,7 @@ func (d *daemon) run(lns []net.Listener) int {
 			return 2
 		}
 		for _, a := range addrs {
-			ln, err := net.Listen("tcp", a)
+			ln, err := relay.ListenConfig().Listen(context.Background(), "tcp", a)
 			if err != nil {
 				d.log.Error("cannot listen", "addr", a, "err", err)
 				for _, l := range lns {
