@@ -177,13 +177,3 @@ func parseBracket(s string) (addr, mask netip.Addr, err error) {
 	}
 	return addr, prefixMask(int(bits), 128), nil
 }
-
-// parseBracketMask parses the optional "[mask]" after "[v6]".
-func parseBracketMask(s string) (netip.Addr, error) {
-	inner := strings.TrimSuffix(strings.TrimPrefix(s, "["), "]")
-	m, err := netip.ParseAddr(inner)
-	if err != nil || !m.Is6() || m.Zone() != "" {
-		return netip.Addr{}, fmt.Errorf("mask %q is not an IPv6 mask in brackets", s)
-	}
-	return m, nil
-}

@@ -31,15 +31,7 @@ func (r *Rule) String() string {
 	if r.Ident != IdentUnset {
 		b.WriteString(" ?=" + r.Ident.String())
 	}
-	if len(r.Users) > 0 {
-		b.WriteString(" *=")
-		for i, u := range r.Users {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(u.Name)
-		}
-	}
+	writeUsers(&b, r.Users)
 	b.WriteString(" " + r.Src.String())
 	if r.Dst != nil {
 		b.WriteString(" " + r.Dst.String())
@@ -88,4 +80,18 @@ func (p *PortTest) PortString() string {
 		return strconv.Itoa(int(p.Lo)) + "-" + strconv.Itoa(int(p.Hi))
 	}
 	return strconv.Itoa(int(p.Lo))
+}
+
+// writeUsers prints a *= list, if any.
+func writeUsers(b *strings.Builder, users []User) {
+	if len(users) == 0 {
+		return
+	}
+	b.WriteString(" *=")
+	for i, u := range users {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(u.Name)
+	}
 }

@@ -328,15 +328,7 @@ func (rt *Route) String() string {
 			b.WriteString(c.String())
 		}
 	}
-	if len(rt.Users) > 0 {
-		b.WriteString(" *=")
-		for i, u := range rt.Users {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(u.Name)
-		}
-	}
+	writeUsers(&b, rt.Users)
 	b.WriteString(" " + rt.Dst.String())
 	if rt.Port != nil {
 		b.WriteString(" " + rt.Port.String())

@@ -22,29 +22,7 @@ type udpEcho struct {
 	from []netip.AddrPort
 }
 
-func startUDPEcho(t *testing.T) *udpEcho {
-	t.Helper()
-	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.ParseIP("127.0.0.1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	e := &udpEcho{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
-	go func() {
-		buf := make([]byte, 65535)
-		for {
-			n, from, err := pc.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				return
-			}
-			e.mu.Lock()
-			e.from = append(e.from, from)
-			e.mu.Unlock()
-			pc.WriteToUDPAddrPort(buf[:n], from)
-		}
-	}()
-	return e
-}
+func startUDPEcho(t *testing.T) *udpEcho { return startUDPEchoOn(t, "127.0.0.1") }
 
 func (e *udpEcho) last() netip.AddrPort {
 	e.mu.Lock()
@@ -210,14 +188,12 @@ func TestUDPDNS(t *testing.T) {
 // hop and relays both ways.
 func TestUDPViaHop(t *testing.T) {
 	relaytest.CheckLeaks(t)
-	echo := startUDPEcho(t)
 	hop := relaytest.NewServer(t, loopback)
 	front := relaytest.NewServer(t, loopback, func(s *relay.Server) {
 		s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @=socks5://"+hop.Addr+" ALL 0.0.0.0\n")
 	})
 	// 127.0.0.1 always goes direct (the legacy rule): use 127.0.0.5.
 	e2 := startUDPEchoOn(t, "127.0.0.5")
-	_ = echo
 	ctl, relayAddr := associate(t, front.Addr)
 	u := udpClient(t, "127.0.0.1")
 	for i := range 3 {
@@ -248,6 +224,9 @@ func startUDPEchoOn(t *testing.T, ip string) *udpEcho {
 			if err != nil {
 				return
 			}
+			e.mu.Lock()
+			e.from = append(e.from, from)
+			e.mu.Unlock()
 			pc.WriteToUDPAddrPort(buf[:n], from)
 		}
 	}()
