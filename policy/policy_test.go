@@ -28,7 +28,7 @@ import (
 //
 // Query fields: from=IP user=NAME auth=claimed|password|none dst=IP
 // name=NAME port=N cmd=connect|bind|udp ident=agree|down|says:NAME
-// resolve=no. Expected extras: addrs=A,B (permitted addresses),
+// resolve=no any=yes (AnyDestination). Expected extras: addrs=A,B (permitted addresses),
 // hooks=T1|T2 (hook templates), asked=true|false (identd was asked),
 // user=NAME, route=KIND@RULE.
 func TestDecide(t *testing.T) {
@@ -188,6 +188,8 @@ func parseQuery(t *testing.T, s string, dns *fakeDNS) Query {
 			identMode = v
 		case "resolve":
 			resolve = v != "no"
+		case "any":
+			q.AnyDestination = v == "yes"
 		default:
 			t.Fatalf("unknown query field %q", k)
 		}

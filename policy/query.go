@@ -65,6 +65,11 @@ type Query struct {
 	Dst     netip.Addr
 	DstName string
 	Port    uint16
+	// AnyDestination asks whether a request without a destination yet (a
+	// UDP association, whose datagrams are judged one by one) could be
+	// permitted at all: a permit line matches whatever its destination and
+	// port, a deny line only when it covers every destination and port.
+	AnyDestination bool
 
 	// Ident asks the client's identd.
 	Ident func(ctx context.Context) IdentResult

@@ -136,6 +136,9 @@ func (m *portMatch) serviceNumber(op grammar.PortOp) int {
 // when a rule's user list needs the identd answer of a SOCKS5 client that
 // did not authenticate.
 func (rs *Ruleset) Decide(ctx context.Context, q Query) Decision {
+	if q.AnyDestination {
+		return rs.decideOne(ctx, &q, netip.Addr{})
+	}
 	if q.Command == Connect && q.DstName == "" && (!q.Dst.IsValid() || q.Dst.Unmap().IsUnspecified()) {
 		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "connect to an unspecified address"}
 	}
@@ -224,7 +227,11 @@ func (rs *Ruleset) access(ctx context.Context, q *Query, resolve bool) Decision 
 func (rs *Ruleset) decideOne(ctx context.Context, q *Query, dst netip.Addr) Decision {
 	for i := range rs.rules {
 		r := &rs.rules[i]
-		if !r.port.match(q.Port) || !r.matchHosts(ctx, q, dst) {
+		if q.AnyDestination {
+			if r.deny && (r.hasTo || r.port.n != 0) || !r.matchSource(ctx, q) {
+				continue
+			}
+		} else if !r.port.match(q.Port) || !r.matchHosts(ctx, q, dst) {
 			continue
 		}
 		// The user this rule compares (sockd.conf(5), Users).
@@ -293,6 +300,14 @@ func (d *Decision) ident(ctx context.Context, q *Query) IdentResult {
 		}
 	}
 	return d.Ident
+}
+
+// matchSource tests the source alone.
+func (r *rule) matchSource(ctx context.Context, q *Query) bool {
+	if r.from.kind == grammar.HostAddr {
+		return r.from.matchAddr(q.Client)
+	}
+	return !r.from.needsName() || q.ClientName != nil && r.from.matchName(q.ClientName(ctx))
 }
 
 // matchHosts tests the source and destination: numbers first, names (which

@@ -414,13 +414,16 @@ func (c *conn) admit(ctx context.Context, source policy.UserSource, reply encode
 		ClientName:  c.clientNameOnce,
 		DstAddrName: c.s.dstName,
 		Resolve:     c.s.resolve,
+		// A UDP association names no destination yet: its datagrams are
+		// judged one by one. Here it is refused only when none could pass.
+		AnyDestination: c.cmd == policy.UDP,
 	}
 	d = c.s.Decider.Decide(ctx, q)
 	c.source = source
 	c.rule, c.reason, c.user = d.Rule, d.Reason, d.User
 	c.action = d.Action.String()
 	c.route = d.Route.Rule
-	if d.NumHooks > 0 && c.s.Hooks != nil {
+	if d.NumHooks > 0 && c.s.Hooks != nil && !q.AnyDestination {
 		c.s.Hooks.run(c, &q, &d)
 	}
 	if d.Action != grammar.Permit {

@@ -83,13 +83,13 @@ func (s *Server) udpTimeout() time.Duration {
 // udp serves an association until its control connection closes or it
 // has been idle for too long.
 func (c *conn) udp(source policy.UserSource, reply encoder) error {
-	if c.overCap {
-		c.reply, c.reason = wire.RepGeneralFailure, "too many sessions"
-		c.refuse(reply(wire.RepGeneralFailure, netip.AddrPort{}))
-		return nil
+	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
+	_, ok := c.admit(ctx, source, reply, socks5Rep)
+	cancel()
+	if !ok {
+		return nil // no datagram of this client could pass: no sockets for it
 	}
-	c.c.SetDeadline(time.Time{})
-	c.via, c.action, c.reason = "direct", "permit", "udp association: each datagram judged"
+	c.via, c.reason = "direct", "udp association: each datagram judged"
 	cs, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.local.Addr().AsSlice()})
 	if err != nil {
 		return c.fail(reply, err)

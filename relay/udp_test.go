@@ -234,3 +234,19 @@ func startUDPEchoOn(t *testing.T, ip string) *udpEcho {
 }
 
 func itoa(n uint16) string { return netip.AddrPortFrom(netip.IPv4Unspecified(), n).String()[8:] }
+
+// A client that no rule could ever let send a datagram gets no association
+// (and no sockets): REP 2.
+func TestUDPAssociateRefused(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	srv := relaytest.NewServer(t, "deny 127.0.0.2/32\npermit 127.0.0.0/8 192.0.2.53/32 eq 53\n")
+	c := dial(t, srv.Addr, "127.0.0.2")
+	c.Write([]byte{5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0})
+	expect(t, c, append([]byte{5, 0}, denied5...))
+	// One who may reach a DNS server gets one.
+	_, relayAddr := associate(t, srv.Addr)
+	if !relayAddr.IsValid() {
+		t.Fatal("no association")
+	}
+	srv.Log.WaitFor(t, "cmd=udp", "client=127.0.0.2", "rule=sockd.conf:1", "action=deny", "reply=2")
+}
