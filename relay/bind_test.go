@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -149,10 +150,15 @@ func TestBindViaHop(t *testing.T) {
 	}{
 		{"our server as the hop", relaytest.NewServer(t, rules).Addr},
 		{"Dante as the hop", relaytest.Dante(t, "none")},
+		{"a SOCKS4 hop", "socks4://" + relaytest.NewServer(t, rules).Addr},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			hop := tc.hop
+			if !strings.Contains(hop, "://") {
+				hop = "socks5://" + hop
+			}
 			front := relaytest.NewServer(t, rules, func(s *relay.Server) {
-				s.Decider = relaytest.CompileRoutes(t, rules, "sockd @=socks5://"+tc.hop+" ALL 0.0.0.0\n")
+				s.Decider = relaytest.CompileRoutes(t, rules, "sockd @="+hop+" ALL 0.0.0.0\n")
 			})
 			c, at := startBind(t, front.Addr, true, "127.0.0.5:21")
 			peer := dial(t, at.String(), "127.0.0.5")
@@ -166,7 +172,7 @@ func TestBindViaHop(t *testing.T) {
 			expect(t, peer, []byte("and back"))
 			c.Close()
 			peer.Close()
-			front.Log.WaitFor(t, "cmd=bind", "via=socks5://"+tc.hop, "connected=127.0.0.5")
+			front.Log.WaitFor(t, "cmd=bind", "via="+hop, "connected=127.0.0.5")
 		})
 	}
 	t.Run("a peer the request did not name", func(t *testing.T) {

@@ -159,6 +159,15 @@ func TestFailover(t *testing.T) {
 	if after := strings.Count(p.log.String(), "next hop failed"); after != before {
 		t.Errorf("backed-off hops were tried again")
 	}
+	// A next hop whose name does not resolve is logged and skipped.
+	empty := relaytest.DNS(t)
+	r := startSockd(t, "-config", conf, "-nameserver", empty,
+		"-routes", writeFile(t, "socks3.conf", fmt.Sprintf("sockd @=socks5://nohost.test:1080,socks5://%s ALL 0.0.0.0\n", good.addr())))
+	if out, code := relaytest.Curl(t, "--socks5", r.addr(), url); code != 0 {
+		t.Fatalf("past an unresolvable hop: exit %d %s", code, out)
+	}
+	r.log.WaitFor(t, "next hop failed", "via=socks5://nohost.test:1080")
+	r.log.WaitFor(t, "msg=conn", "via=socks5://"+good.addr(), "reply=0")
 	// A definite refusal by a reachable hop is final: no failover.
 	refusing := startSockd(t, "-config", writeFile(t, "deny.conf", "deny ALL 0.0.0.0\n"))
 	q := startSockd(t, "-config", conf,
