@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"sync/atomic"
 	"time"
@@ -17,13 +18,14 @@ import (
 // reference, stays modest.
 const echoBuf = 2 << 10
 
-// backendMain is the "backend" subcommand: a sink and an echo server on
-// loopback, in a process of their own so that their sockets count against
-// their own fd limit. It prints "SINK ECHO ONCE" addresses on one line and
-// runs until its standard input closes.
+// backendMain is the "backend" subcommand: a sink, an echo server and an
+// echo-once server on TCP, a UDP echo server and a UDP sink, on loopback,
+// in a process of their own so that their sockets count against their own
+// fd limit. It prints "SINK ECHO ONCE UDPECHO UDPSINK" addresses on one
+// line and runs until its standard input closes.
 func backendMain(args []string) int {
 	fs := flag.NewFlagSet("backend", flag.ExitOnError)
-	host := fs.String("host", "127.0.0.1", "address to listen on")
+	host := fs.String("host", backendHost, "address to listen on")
 	bufSize := fs.Int("buf", 256<<10, "sink read buffer `bytes`")
 	onceSize := fs.Int("once", 1024, "bytes the echo-once server echoes before it closes")
 	fs.Parse(args)
@@ -43,10 +45,24 @@ func backendMain(args []string) int {
 		fmt.Fprintln(os.Stderr, "backend:", err)
 		return 1
 	}
+	uecho, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(*host), 0)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "backend:", err)
+		return 1
+	}
+	usink, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(*host), 0)))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "backend:", err)
+		return 1
+	}
 	go acceptLoop("sink", sink, func(c net.Conn) { serveSink(c, *bufSize) })
 	go acceptLoop("echo", echo, serveEcho)
 	go acceptLoop("once", once, func(c net.Conn) { serveOnce(c, *onceSize) })
-	fmt.Printf("%s %s %s\n", sink.Addr(), echo.Addr(), once.Addr())
+	for range udpEchoReaders {
+		go serveUDPEcho(uecho)
+	}
+	go serveUDPSink(usink)
+	fmt.Printf("%s %s %s %s %s\n", sink.Addr(), echo.Addr(), once.Addr(), uecho.LocalAddr(), usink.LocalAddr())
 	io.Copy(io.Discard, os.Stdin) // the harness closes it to stop us
 	return 0
 }
@@ -124,4 +140,79 @@ func serveOnce(c net.Conn, size int) {
 		return
 	}
 	c.Write(buf)
+}
+
+// udpEchoReaders is how many goroutines read the UDP echo socket: one per
+// core, so that 16 associations' round trips are not served one by one.
+const udpEchoReaders = 2
+
+// serveUDPEcho sends every datagram back to where it came from.
+func serveUDPEcho(c *net.UDPConn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		c.WriteToUDPAddrPort(buf[:n], from)
+	}
+}
+
+// UDP sink messages: the first byte of a datagram says what it is.
+const (
+	udpData  = 'D' // counted
+	udpQuery = 'Q' // answered with the count so far from that source
+)
+
+// udpCount is what the UDP sink knows of one source.
+type udpCount struct {
+	n           int64
+	first, last time.Time
+}
+
+// maxUDPSources bounds the sink's table; past it, it starts over.
+const maxUDPSources = 4096
+
+// serveUDPSink counts the data datagrams of each source and answers a
+// query with 16 bytes: the count and the nanoseconds from the first to
+// the last of them.
+func serveUDPSink(c *net.UDPConn) {
+	buf := make([]byte, 64<<10)
+	counts := map[netip.AddrPort]*udpCount{}
+	for {
+		n, from, err := c.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		if n == 0 {
+			continue
+		}
+		switch buf[0] {
+		case udpData:
+			now := time.Now()
+			k := counts[from]
+			if k == nil {
+				if len(counts) >= maxUDPSources {
+					clear(counts)
+				}
+				k = &udpCount{first: now}
+				counts[from] = k
+			}
+			k.n++
+			k.last = now
+		case udpQuery:
+			var out [16]byte
+			if k := counts[from]; k != nil {
+				binary.BigEndian.PutUint64(out[:8], uint64(k.n))
+				binary.BigEndian.PutUint64(out[8:], uint64(k.last.Sub(k.first)))
+			}
+			c.WriteToUDPAddrPort(out[:], from)
+		}
+	}
 }

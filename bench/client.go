@@ -66,10 +66,10 @@ type verifyResult struct {
 const opTimeout = 10 * time.Second
 
 // clientMain is the "client" subcommand: "client MODE [flags]", MODE being
-// stream, connrate or idle.
+// stream, connrate, idle, udp, udpblast or bind.
 func clientMain(args []string) int {
 	if len(args) == 0 {
-		fmt.Fprintln(os.Stderr, "client: want a mode: stream, connrate or idle")
+		fmt.Fprintln(os.Stderr, "client: want a mode: stream, connrate, idle, udp, udpblast or bind")
 		return 2
 	}
 	mode, args := args[0], args[1:]
@@ -80,20 +80,30 @@ func clientMain(args []string) int {
 	perStream := fs.Int64("bytes", 1<<30, "stream: bytes per stream")
 	bufSize := fs.Int("buf", 256<<10, "stream: write buffer `bytes`")
 	timeout := fs.Duration("timeout", 2*time.Minute, "stream: time limit; idle: limit per step")
-	clients := fs.Int("clients", 32, "connrate: concurrent clients")
-	dur := fs.Duration("duration", 5*time.Second, "connrate: how long to run")
-	size := fs.Int("size", 1024, "connrate: echo `bytes`")
+	clients := fs.Int("clients", 32, "connrate, bind: concurrent clients")
+	dur := fs.Duration("duration", 5*time.Second, "connrate, udp, udpblast, bind: how long to run")
+	size := fs.Int("size", 1024, "connrate, bind: echo `bytes`; udp, udpblast: payload bytes")
+	assocs := fs.Int("assocs", 1, "udp: concurrent associations")
+	maxSetups := fs.Int("max", 10000, "bind: at most this many set-ups")
 	counts := fs.String("counts", "1000", "idle: comma-separated session counts to reach in turn")
 	workers := fs.Int("workers", 64, "idle: connections opened at once")
 	fs.Parse(args)
 
+	out := json.NewEncoder(os.Stdout)
+	if mode == "bind" { // no target: the client is the application server
+		out.Encode(runBind(*proxy, *clients, *dur, *maxSetups, *size))
+		return 0
+	}
 	dst, err := netip.ParseAddrPort(*target)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "client: -target:", err)
 		return 2
 	}
-	out := json.NewEncoder(os.Stdout)
 	switch mode {
+	case "udp":
+		out.Encode(runUDP(*proxy, dst, *assocs, *dur, *size))
+	case "udpblast":
+		out.Encode(runUDPBlast(*proxy, dst, *dur, *size))
 	case "stream":
 		out.Encode(runStreams(*proxy, dst, *streams, *perStream, *bufSize, *timeout))
 	case "connrate":

@@ -1,21 +1,42 @@
 // Command bench measures sockd against Dante (danted 1.4) and against no
 // proxy at all, in one run, and prints the figures side by side as a
-// markdown table with ratios.
+// markdown table with ratios, followed by a second table for chains of
+// sockd processes.
 //
-//	go run ./bench                 full run (about 4 minutes)
+//	go run ./bench                 full run (about 5 to 6 1/2 minutes)
 //	go run ./bench -quick          smoke run (under a minute)
 //	go run ./bench -out bench.json also write every figure as JSON
 //	go run ./bench -dante ''       leave Dante out
+//	go run ./bench -chains=false   leave the chain paths out
 //	go run ./bench -keep           keep the configs and server logs
 //
 // Run it from the module root, as root if Dante is measured (danted drops
 // to user nobody). Without -sockd it builds ./cmd/sockd into a temp dir.
 //
-// Three paths are measured the same way: direct (the load client straight
-// to the backend over loopback TCP), through sockd, and through Dante.
-// The SOCKS5 client code is the same for both proxies: no authentication,
-// CONNECT to an IPv4 address, each step waiting for the reply before the
-// next (no pipelining).
+// Five paths are measured: direct (the load client straight to the
+// backend over loopback), through sockd, through Dante, and through two
+// chains of sockd processes: "sockd 1 hop", client → sockd A → sockd B →
+// backend, and "sockd 2 hops", client → A → B → C → backend. In a chain
+// every process has the same sockd.conf and -log-level warn; each but the
+// last has -routes with a routing file (socks.conf) of one line,
+// "sockd @=socks5://NEXT ALL 0.0.0.0", so that it sends every destination
+// through the next; the last goes direct. (One process can also route
+// through a whole chain, "sockd @=socks5://B>socks5://C ALL 0.0.0.0"; the
+// harness measures separate processes, each routing to the next, as an
+// operator deploys them.) The SOCKS5 client code is the same for every
+// proxy: no authentication, IPv4 addresses, each step waiting for the
+// reply before the next (no pipelining).
+//
+// The backend listens on 127.0.0.5 for every path, because sockd sends a
+// destination of exactly 127.0.0.1 direct whatever its routing file says
+// (a legacy rule), which would skip the hops; the load client and the
+// proxies listen and connect from 127.0.0.1. Both are the same loopback
+// device, so this costs direct, sockd and Dante nothing. After each
+// chain's single-stream run the harness checks that every process of the
+// chain used CPU (at least a tenth of the front one's), and reports it
+// as a problem otherwise.
+//
+// TCP CONNECT, on all five paths:
 //
 //  1. Single-stream throughput: one TCP stream carries a fixed amount
 //     (4 GiB; -quick 256 MiB) to a sink, 256 KiB reads and writes on both
@@ -30,14 +51,57 @@
 //     the TIME_WAIT states land on listening ports, not on ephemeral ones:
 //     at these rates those would run out (Dante binds its outbound socket
 //     to a port before connecting, and then fails with "could not bind tcp
-//     port 0") and slow connect(2) down in later runs.
+//     port 0") and slow connect(2) down in later runs. Through a chain the
+//     close travels hop by hop, each process closing towards the one
+//     before it first, so the TIME_WAITs land on listening ports there too.
 //  4. Handshake latency p50/p99 from those runs: from the start of the TCP
 //     connect until the SOCKS5 success reply is read (direct: until the
 //     connect completes).
 //  5. Server CPU seconds per GiB relayed: utime+stime (+cutime+cstime,
 //     which holds the CPU of reaped children) from /proc/<pid>/stat, summed
-//     over the server's process tree, across each throughput run.
-//  6. Server memory (PSS from /proc/<pid>/smaps_rollup) and open fds
+//     over the server's process tree (for a chain: over all its sockd
+//     processes), across each throughput run.
+//
+// UDP and BIND, on direct, sockd and Dante (not on the chains):
+//
+//  6. UDP request-response: with 1 and with 16 associations at once for
+//     1.5 s (-quick 0.5 s), each sends a 512-byte datagram to the
+//     backend's UDP echo server and waits for the echo (at most 500 ms,
+//     else it counts as lost) before sending the next: round trips per
+//     second, and round-trip p50/p99. Through a proxy each association is
+//     a SOCKS5 UDP ASSOCIATE naming no client address (0.0.0.0:0), its
+//     control connection held open for the whole run, every datagram
+//     sent to the reply's address with the RFC 1928 header naming the
+//     echo server, and every echo must come back with that header. Direct:
+//     the same client on a plain UDP socket, without headers.
+//  7. UDP one way: one association (direct: one socket) sends 512-byte
+//     datagrams as fast as it can for 1 s (-quick 0.5 s) to the backend's
+//     UDP sink, which counts them per source; afterwards the client asks
+//     the sink (through the association) how many arrived between its
+//     first and last: datagrams per second delivered, sent, and the share
+//     lost on the way (in the relay or a socket buffer).
+//  8. BIND set-up: 8 clients make 3,000 set-ups in all (-quick 1,000),
+//     within at most 3 s (-quick 1 s). Through a proxy: SOCKS5 BIND
+//     naming 127.0.0.1 (and port 21) as the application server; the first
+//     reply gives the listening address, the load client itself connects
+//     there from 127.0.0.1, and the second reply, which must name that
+//     connection's address, ends the set-up, timed from the start of the
+//     control connection's TCP connect. Direct: listen on 127.0.0.1:0,
+//     connect, accept. Then 1 KiB goes from the control side to the peer
+//     and back (its round trip p50 is reported too), the peer closes
+//     first and the control side waits for the end of stream. Set-ups per
+//     second and set-up p50/p99. Each set-up leaves one TIME_WAIT on an
+//     ephemeral port (the peer's), which is why the count is capped: ports
+//     in TIME_WAIT cannot be bound by the proxies' BIND listeners.
+//
+// Dante's configuration admits CONNECT by the same rule as before UDP and
+// BIND were measured; a second rule admits bind and udpassociate from
+// loopback clients, a third bindreply and udpreply from loopback to
+// loopback clients.
+//
+// Idle sessions, on direct, sockd and Dante:
+//
+//  9. Server memory (PSS from /proc/<pid>/smaps_rollup) and open fds
 //     (/proc/<pid>/fd), summed over the process tree, with no sessions
 //     and with 1,000 and 9,900 idle SOCKS5 sessions held open (sampled 2 s
 //     after they are established), and the cost per session:
@@ -46,33 +110,36 @@
 //     started for this. Afterwards every session must still echo a byte,
 //     then the backend closes first (TIME_WAIT again) and the client.
 //
-// For the direct path the "server" figures of 5 and 6 are the backend's
+// For the direct path the "server" figures of 5 and 9 are the backend's
 // (the sink or echo server), as a reference for what the bare sockets cost.
 //
-// Measurements 1 to 5 are made in rounds (-rounds, default 3; -quick 1):
-// each round runs all of them on direct, sockd and Dante in turn, all
-// three servers staying up for the whole phase, so that other work on the
-// machine disturbs the paths alike. The table shows the median of the
-// rounds with the lowest and highest value; the latency figures are the
-// medians of each round's p50 and p99.
+// Measurements 1 to 8 are made in rounds (-rounds, default 3; -quick 1):
+// each round runs all of them on every path in turn, all the servers
+// staying up for the whole phase, so that other work on the machine
+// disturbs the paths alike. The tables show the median of the rounds with
+// the lowest and highest value; the latency figures are the medians of
+// each round's p50 and p99.
 //
 // A full run first waits (up to 65 s) for TIME_WAIT sockets left by an
-// earlier run to expire. The table is followed by sockd's figures against
+// earlier run to expire. The tables are followed by sockd's figures against
 // the project's targets (<= 2 fds and <= 8 KiB per idle session, 9,900
 // idle sessions under a 20,000-fd limit) and by every problem met: failed
-// connections, sessions a server could not hold, anything a server wrote
-// to stderr (sockd runs at -log-level warn; Dante's info lines are left
-// out). These are reported, never asserted: this is no test.
+// connections, lost or malformed datagrams, failed BIND set-ups, sessions
+// a server could not hold, a chain process the traffic did not cross,
+// anything a server wrote to stderr (sockd runs at -log-level warn;
+// Dante's info lines are left out). These are reported, never asserted:
+// this is no test.
 //
-// Processes: the harness re-executes itself as "bench backend" (sink and
-// echo servers) and "bench client" (the load), each in its own process so
-// that with 9,900 sessions the client's 9,900 sockets and the backend's
-// 9,900 fit their own 20,000-fd limits; the proxy in between holds the
-// other ~19,800. Everything listens and connects on 127.0.0.1 only, every
-// load loop is bounded by a count or a duration, and every process the
-// harness starts is put in its own process group, sent SIGTERM by its pid
-// when done with, and whatever is left of that group after a few seconds
-// (Dante's children) gets SIGKILL by the group's id.
+// Processes: the harness re-executes itself as "bench backend" (TCP sink
+// and echo servers, UDP echo server and sink) and "bench client" (the
+// load), each in its own process so that with 9,900 sessions the client's
+// 9,900 sockets and the backend's 9,900 fit their own 20,000-fd limits;
+// the proxy in between holds the other ~19,800. Everything listens and
+// connects on loopback only (127.0.0.1, and the backend on 127.0.0.5),
+// every load loop is bounded by a count or a duration, and every process
+// the harness starts is put in its own process group, sent SIGTERM by its
+// pid when done with, and whatever is left of that group after a few
+// seconds (Dante's children) gets SIGKILL by the group's id.
 package main
 
 import (
@@ -108,6 +175,7 @@ type options struct {
 	out    string
 	idle   string
 	keep   bool
+	chains bool
 	rounds int
 }
 
@@ -121,6 +189,7 @@ func parseOptions(args []string) (options, error) {
 	fs.IntVar(&o.rounds, "rounds", 0, "rounds of the throughput and connection runs; the table shows medians (default 3; -quick 1)")
 	fs.StringVar(&o.idle, "idle", "", "idle session `counts`, comma-separated (default 1000,9900; -quick 100,1000)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temp dir with the configs and the servers' logs")
+	fs.BoolVar(&o.chains, "chains", true, "also measure the chain paths (sockd 1 hop and 2 hops)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
@@ -145,6 +214,14 @@ func settingsFor(o options) (settings, error) {
 		IdleCounts:   []int{1000, 9900},
 		IdleLimit:    90 * time.Second,
 		Settle:       2 * time.Second,
+		Chains:       true,
+		UDPAssocs:    []int{1, 16},
+		UDPDuration:  1500 * time.Millisecond,
+		UDPBlast:     time.Second,
+		UDPSize:      512,
+		BindClients:  8,
+		BindDuration: 3 * time.Second,
+		BindMax:      3000,
 	}
 	if o.quick {
 		s.Quick = true
@@ -155,10 +232,15 @@ func settingsFor(o options) (settings, error) {
 		s.IdleCounts = []int{100, 1000}
 		s.IdleLimit = 30 * time.Second
 		s.Settle = time.Second
+		s.UDPDuration = 500 * time.Millisecond
+		s.UDPBlast = 500 * time.Millisecond
+		s.BindDuration = time.Second
+		s.BindMax = 1000
 	}
 	if o.rounds > 0 {
 		s.Rounds = o.rounds
 	}
+	s.Chains = o.chains
 	if o.idle != "" {
 		counts, err := parseCounts(o.idle)
 		if err != nil {
@@ -299,9 +381,12 @@ func (r *runner) all() ([]pathResult, error) {
 	if !r.set.Quick {
 		waitTimeWait()
 	}
-	names := []string{"direct", "sockd"}
+	names := []string{pathDirect, pathSockd}
 	if r.dante != "" {
-		names = append(names, "dante")
+		names = append(names, pathDante)
+	}
+	if r.set.Chains {
+		names = append(names, path1Hop, path2Hops)
 	}
 	be, err := r.env.startBackend(r.set.BufSize, r.set.EchoSize)
 	if err != nil {
@@ -310,12 +395,17 @@ func (r *runner) all() ([]pathResult, error) {
 	out := r.load(names, be)
 	be.stop()
 	for i := range out {
-		if out[i].Skipped == "" {
+		if out[i].Skipped == "" && chainLength(out[i].Name) == 0 {
 			r.idle(&out[i])
 		}
 	}
 	if r.dante == "" {
-		out = append(out, pathResult{Name: "dante", Skipped: "left out (-dante '')"})
+		out = append(out, pathResult{Name: pathDante, Skipped: "left out (-dante '')"})
+	}
+	if !r.set.Chains {
+		for _, n := range []string{path1Hop, path2Hops} {
+			out = append(out, pathResult{Name: n, Skipped: "left out (-chains=false)"})
+		}
 	}
 	return out, nil
 }

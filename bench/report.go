@@ -37,18 +37,36 @@ func newCell(vals []float64) cell {
 	return cell{v: m, lo: s[0], hi: s[len(s)-1], n: len(s)}
 }
 
-// row is one metric across direct, sockd and Dante.
+// nPaths is the number of paths a row has a cell for.
+const nPaths = 5
+
+// row is one metric across the paths: direct, sockd, Dante, and the sockd
+// chains. Rows with chain set are also in the table of the chains.
 type row struct {
 	metric string
-	cells  [3]cell
+	cells  [nPaths]cell
 	format func(float64) string
+	chain  bool
+	// noRatio leaves the ratio columns empty: a ratio of two loss
+	// percentages says nothing.
+	noRatio bool
 }
 
-var pathNames = [3]string{"direct", "sockd", "dante"}
+// pathNames are the paths in cell order.
+var pathNames = [nPaths]string{pathDirect, pathSockd, pathDante, path1Hop, path2Hops}
 
-// byName returns the results of the three paths in table order.
-func byName(paths []pathResult) [3]*pathResult {
-	var out [3]*pathResult
+// Cell indices.
+const (
+	colDirect = iota
+	colSockd
+	colDante
+	col1Hop
+	col2Hops
+)
+
+// byName returns the results of the paths in cell order.
+func byName(paths []pathResult) [nPaths]*pathResult {
+	var out [nPaths]*pathResult
 	for i := range paths {
 		for j, n := range pathNames {
 			if paths[i].Name == n {
@@ -60,7 +78,7 @@ func byName(paths []pathResult) [3]*pathResult {
 }
 
 // metric builds a row from f, which returns the values a path measured.
-func metric(name string, ps [3]*pathResult, format func(float64) string, f func(*pathResult) []float64) row {
+func metric(name string, ps [nPaths]*pathResult, format func(float64) string, f func(*pathResult) []float64) row {
 	r := row{metric: name, format: format}
 	for i, p := range ps {
 		if p != nil && p.Skipped == "" {
@@ -91,9 +109,14 @@ func fmt3(v float64) string { return fmt.Sprintf("%.3f", v) }
 func fmt4(v float64) string { return fmt.Sprintf("%.4f", v) }
 
 // rows lists every metric of the table.
-func rows(set settings, ps [3]*pathResult) []row {
+func rows(set settings, ps [nPaths]*pathResult) []row {
 	out := throughputRows(set, ps)
 	out = append(out, connRows(set, ps)...)
+	for i := range out {
+		out[i].chain = true
+	}
+	out = append(out, udpRows(set, ps)...)
+	out = append(out, bindRows(set, ps)...)
 	out = append(out, baseRows(ps)...)
 	return append(out, idleRows(set, ps)...)
 }
@@ -102,7 +125,7 @@ func rows(set settings, ps [3]*pathResult) []row {
 func streamOK(s streamRun) bool { return s.Error == "" && s.Bytes > 0 }
 
 // throughputRows are the throughput and CPU-per-GiB rows.
-func throughputRows(set settings, ps [3]*pathResult) []row {
+func throughputRows(set settings, ps [nPaths]*pathResult) []row {
 	n := set.MultiStreams
 	return []row{
 		metric("single-stream throughput, MiB/s", ps, fmt0, perRound(func(lr loadRound) (float64, bool) {
@@ -121,7 +144,7 @@ func throughputRows(set settings, ps [3]*pathResult) []row {
 }
 
 // connRows are the connection-rate and handshake-latency rows.
-func connRows(set settings, ps [3]*pathResult) []row {
+func connRows(set settings, ps [nPaths]*pathResult) []row {
 	var out []row
 	for i, n := range set.Clients {
 		conn := func(f func(connResult) float64) func(*pathResult) []float64 {
@@ -143,8 +166,82 @@ func connRows(set settings, ps [3]*pathResult) []row {
 	return out
 }
 
+// plural is "N association" or "N associations".
+func plural(n int, word string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, word)
+	}
+	return fmt.Sprintf("%d %ss", n, word)
+}
+
+// udpRows are the UDP request-response and one-way rows.
+func udpRows(set settings, ps [nPaths]*pathResult) []row {
+	var out []row
+	for i, n := range set.UDPAssocs {
+		udp := func(f func(udpResult) float64) func(*pathResult) []float64 {
+			return perRound(func(lr loadRound) (float64, bool) {
+				if i < len(lr.UDP) && lr.UDP[i].RoundTrips > 0 {
+					return f(lr.UDP[i]), true
+				}
+				return 0, false
+			})
+		}
+		assocs := plural(n, "association")
+		out = append(out,
+			metric(fmt.Sprintf("UDP round trips/s, %d B, %s ²", set.UDPSize, assocs), ps, fmt0,
+				udp(func(u udpResult) float64 { return u.Rate })),
+			metric(fmt.Sprintf("UDP round trip p50 µs, %s ²", assocs), ps, fmt0,
+				udp(func(u udpResult) float64 { return u.P50us })),
+			metric(fmt.Sprintf("UDP round trip p99 µs, %s ²", assocs), ps, fmt0,
+				udp(func(u udpResult) float64 { return u.P99us })))
+	}
+	if set.UDPBlast > 0 {
+		blast := func(f func(*udpBlastResult) float64) func(*pathResult) []float64 {
+			return perRound(func(lr loadRound) (float64, bool) {
+				if b := lr.Blast; b != nil && b.Error == "" && b.Delivered > 0 {
+					return f(b), true
+				}
+				return 0, false
+			})
+		}
+		lost := metric("UDP one way, % lost ³", ps, fmt1,
+			blast(func(b *udpBlastResult) float64 { return b.LossPct }))
+		lost.noRatio = true
+		out = append(out,
+			metric(fmt.Sprintf("UDP one way, datagrams/s delivered, %d B ³", set.UDPSize), ps, fmt0,
+				blast(func(b *udpBlastResult) float64 { return b.Rate })),
+			metric("UDP one way, datagrams/s sent ³", ps, fmt0,
+				blast(func(b *udpBlastResult) float64 { return float64(b.Sent) / b.SendSeconds })),
+			lost)
+	}
+	return out
+}
+
+// bindRows are the BIND set-up rows.
+func bindRows(set settings, ps [nPaths]*pathResult) []row {
+	bind := func(f func(*bindResult) float64) func(*pathResult) []float64 {
+		return perRound(func(lr loadRound) (float64, bool) {
+			if b := lr.Bind; b != nil && b.Setups > 0 {
+				return f(b), true
+			}
+			return 0, false
+		})
+	}
+	n := set.BindClients
+	return []row{
+		metric(fmt.Sprintf("BIND set-ups/s, %d clients ⁴", n), ps, fmt0,
+			bind(func(b *bindResult) float64 { return b.Rate })),
+		metric(fmt.Sprintf("BIND set-up p50 µs, %d clients ⁴", n), ps, fmt0,
+			bind(func(b *bindResult) float64 { return b.P50us })),
+		metric(fmt.Sprintf("BIND set-up p99 µs, %d clients ⁴", n), ps, fmt0,
+			bind(func(b *bindResult) float64 { return b.P99us })),
+		metric(fmt.Sprintf("BIND session %d B round trip p50 µs ⁴", set.EchoSize), ps, fmt0,
+			bind(func(b *bindResult) float64 { return b.RTTP50us })),
+	}
+}
+
 // baseRows are the server's memory and fds with no sessions.
-func baseRows(ps [3]*pathResult) []row {
+func baseRows(ps [nPaths]*pathResult) []row {
 	base := func(f func(usage) float64) func(*pathResult) []float64 {
 		return func(p *pathResult) []float64 {
 			if p.Idle.Base.Procs == 0 {
@@ -160,7 +257,7 @@ func baseRows(ps [3]*pathResult) []row {
 }
 
 // idleRows are the rows of each idle step.
-func idleRows(set settings, ps [3]*pathResult) []row {
+func idleRows(set settings, ps [nPaths]*pathResult) []row {
 	var out []row
 	counts := set.IdleCounts
 	for i, n := range counts {
@@ -200,9 +297,9 @@ func (r row) text(c cell) string {
 	return fmt.Sprintf("%s (%s–%s)", r.format(c.v), r.format(c.lo), r.format(c.hi))
 }
 
-// ratio formats a/b, or "–" where either is missing.
-func ratio(a, b cell) string {
-	if a.n == 0 || b.n == 0 || b.v == 0 {
+// ratio formats a/b of two cells of r, or "–" where either is missing.
+func (r row) ratio(a, b cell) string {
+	if r.noRatio || a.n == 0 || b.n == 0 || b.v == 0 {
 		return "–"
 	}
 	return fmt.Sprintf("%.2f", a.v/b.v)
@@ -248,21 +345,55 @@ func printReport(w io.Writer, rep report) {
 	fmt.Fprintf(w, "- started %s, took %.0f s\n\n", f.Started, f.Seconds)
 
 	ps := byName(rep.Paths)
+	set := rep.Settings
 	fmt.Fprintln(w, "| metric | direct | sockd | dante | sockd/direct | dante/direct | sockd/dante |")
 	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
 	for _, r := range rep.rows {
 		c := r.cells
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.metric, r.text(c[0]), r.text(c[1]), r.text(c[2]),
-			ratio(c[1], c[0]), ratio(c[2], c[0]), ratio(c[1], c[2]))
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.metric, r.text(c[colDirect]), r.text(c[colSockd]), r.text(c[colDante]),
+			r.ratio(c[colSockd], c[colDirect]), r.ratio(c[colDante], c[colDirect]), r.ratio(c[colSockd], c[colDante]))
 	}
 	fmt.Fprintln(w)
-	if n := rep.Settings.Rounds; n > 1 {
-		fmt.Fprintf(w, "Throughput, CPU and connection figures are medians of %d interleaved rounds, (lowest–highest) after them; ratios are of medians.\n", n)
+	if n := set.Rounds; n > 1 {
+		fmt.Fprintf(w, "Throughput, CPU, connection, UDP and BIND figures are medians of %d interleaved rounds, (lowest–highest) after them; ratios are of medians.\n", n)
 	}
+	fmt.Fprintf(w, "The backend listens on %s (see the chains below); the load client and the proxies are on 127.0.0.1.\n", backendHost)
 	fmt.Fprintln(w, "¹ For direct, the \"server\" is the backend (sink or echo server): the cost of the bare sockets, as a reference.")
 	fmt.Fprintln(w, "Per-session figures are (value with N sessions − value with 0) / N, N being the sessions actually held; marginal ones compare the two counts.")
-	printTargets(w, ps[1])
+	fmt.Fprintf(w, "² SOCKS5 UDP ASSOCIATE, one per association (its control connection held open), each datagram with the RFC 1928 header; one datagram in flight per association, for %v. Direct: the same client on a plain UDP socket to the echo server.\n", set.UDPDuration)
+	if set.UDPBlast > 0 {
+		fmt.Fprintf(w, "³ One association (direct: one socket) sending as fast as it can for %v; delivered is what the UDP sink counted, over its first to last datagram; lost is what the relay or a socket buffer dropped on the way.\n", set.UDPBlast)
+	}
+	fmt.Fprintf(w, "⁴ SOCKS5 BIND naming 127.0.0.1: from the control connection's connect until the second reply is read, the load client connecting to the bound address as the application server; then %d B there and back; %d set-ups with %d clients, or %v, whichever ends first. Direct: listen on 127.0.0.1:0, connect, accept.\n",
+		set.EchoSize, set.BindMax, set.BindClients, set.BindDuration)
+	printChains(w, rep)
+	printTargets(w, ps[colSockd])
 	printProblems(w, rep.Paths)
+}
+
+// printChains prints the throughput and connection rows of the chain
+// paths beside direct and plain sockd.
+func printChains(w io.Writer, rep report) {
+	ps := byName(rep.Paths)
+	if (ps[col1Hop] == nil || ps[col1Hop].Skipped != "") && (ps[col2Hops] == nil || ps[col2Hops].Skipped != "") {
+		return
+	}
+	fmt.Fprintf(w, "\n### Chains of sockd processes\n\n")
+	fmt.Fprintln(w, "| metric | direct | sockd | sockd 1 hop | sockd 2 hops | 1 hop/direct | 2 hops/direct | 1 hop/sockd | 2 hops/sockd |")
+	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+	for _, r := range rep.rows {
+		if !r.chain {
+			continue
+		}
+		c := r.cells
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.metric,
+			r.text(c[colDirect]), r.text(c[colSockd]), r.text(c[col1Hop]), r.text(c[col2Hops]),
+			r.ratio(c[col1Hop], c[colDirect]), r.ratio(c[col2Hops], c[colDirect]),
+			r.ratio(c[col1Hop], c[colSockd]), r.ratio(c[col2Hops], c[colSockd]))
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "sockd 1 hop: client → sockd A → sockd B → backend, A routing every destination through B (-routes, one line \"sockd @=socks5://B ALL 0.0.0.0\"); sockd 2 hops: client → A → B → C → backend, B routing through C likewise. Separate processes, the same sockd.conf and -log-level warn; the last one goes direct.")
+	fmt.Fprintf(w, "Server CPU of a chain is the sum over all its sockd processes. Measured in the same rounds as the table above, against the same backend on %s (sockd never routes a destination of exactly 127.0.0.1 through a hop).\n", backendHost)
 }
 
 // printTargets compares sockd's idle figures with the project's targets.

@@ -24,6 +24,14 @@ type settings struct {
 	IdleCounts   []int         `json:"idle_counts"`
 	IdleLimit    time.Duration `json:"idle_step_time_limit_ns"`
 	Settle       time.Duration `json:"settle_ns"`
+	Chains       bool          `json:"chains"` // the sockd 1 hop and 2 hops paths
+	UDPAssocs    []int         `json:"udp_associations"`
+	UDPDuration  time.Duration `json:"udp_duration_ns"`
+	UDPBlast     time.Duration `json:"udp_one_way_duration_ns"`
+	UDPSize      int           `json:"udp_payload_bytes"`
+	BindClients  int           `json:"bind_clients"`
+	BindDuration time.Duration `json:"bind_time_limit_ns"`
+	BindMax      int           `json:"bind_setups"`
 }
 
 // streamRun is one throughput measurement with the server's CPU.
@@ -54,11 +62,15 @@ type idleRun struct {
 	Error  string       `json:"error,omitempty"`
 }
 
-// loadRound is one round of the load measurements on one path.
+// loadRound is one round of the load measurements on one path. The chain
+// paths have no UDP and BIND figures.
 type loadRound struct {
-	Single streamRun    `json:"single_stream"`
-	Multi  streamRun    `json:"multi_stream"`
-	Conn   []connResult `json:"conn_rate"` // one per client count
+	Single streamRun       `json:"single_stream"`
+	Multi  streamRun       `json:"multi_stream"`
+	Conn   []connResult    `json:"conn_rate"`     // one per client count
+	UDP    []udpResult     `json:"udp,omitempty"` // one per association count
+	Blast  *udpBlastResult `json:"udp_one_way,omitempty"`
+	Bind   *bindResult     `json:"bind,omitempty"`
 }
 
 // pathResult is everything measured on one path. For the direct path the
@@ -85,33 +97,106 @@ type runner struct {
 	dante string
 }
 
+// Path names. The chain paths are sockd processes routing to each other:
+// the load client talks to the first, the last connects to the backend.
+const (
+	pathDirect = "direct"
+	pathSockd  = "sockd"
+	pathDante  = "dante"
+	path1Hop   = "sockd-1hop"  // client → sockd A → sockd B → backend
+	path2Hops  = "sockd-2hops" // client → A → B → C → backend
+)
+
+// chainLength is the number of sockd processes of a chain path, 0 for the
+// others.
+func chainLength(name string) int {
+	switch name {
+	case path1Hop:
+		return 2
+	case path2Hops:
+		return 3
+	}
+	return 0
+}
+
 // startServer starts the proxy of path name, or returns nil for direct.
 func (r *runner) startServer(name string) (*proxy, error) {
 	switch name {
-	case "sockd":
+	case pathSockd:
 		return r.env.startSockd(r.sockd)
-	case "dante":
+	case pathDante:
 		return r.env.startDante(r.dante)
 	}
 	return nil, nil
 }
 
-// load measures throughput and connection rate on every path against one
-// backend, in rounds: each round runs every measurement on each path in
-// turn, so that a disturbance from outside (other work on this machine)
-// spreads over the paths rather than falling on one. All servers run for
-// the whole phase; the ones not being measured sit idle.
+// pathServer is what the load of one path goes through: nothing
+// (direct), one proxy, or the sockd processes of a chain, front first.
+type pathServer struct {
+	addr  string // where the load client connects; "" for direct
+	procs []*proxy
+}
+
+// startPath starts the servers of path name.
+func (r *runner) startPath(name string) (*pathServer, error) {
+	if n := chainLength(name); n > 0 {
+		procs, err := r.env.startChain(r.sockd, name, n)
+		if err != nil {
+			return nil, err
+		}
+		return &pathServer{addr: procs[0].addr, procs: procs}, nil
+	}
+	px, err := r.startServer(name)
+	if err != nil || px == nil {
+		return &pathServer{}, err
+	}
+	return &pathServer{addr: px.addr, procs: []*proxy{px}}, nil
+}
+
+// pids are the processes whose CPU is the path's server CPU: the proxies
+// (a chain's all together), or for direct the backend.
+func (ps *pathServer) pids(be *backend) []int {
+	if len(ps.procs) == 0 {
+		return []int{be.pid()}
+	}
+	var out []int
+	for _, px := range ps.procs {
+		out = append(out, px.pid())
+	}
+	return out
+}
+
+// sampleAll sums sample over several process trees.
+func sampleAll(pids []int) usage {
+	var u usage
+	for _, pid := range pids {
+		s := sample(pid)
+		u.Procs += s.Procs
+		u.CPU += s.CPU
+		u.PSSKiB += s.PSSKiB
+		u.FDs += s.FDs
+	}
+	return u
+}
+
+// load measures throughput, connection rate, UDP and BIND (the latter two
+// not on the chains) on every path against one backend, in rounds: each
+// round runs every measurement on each path in turn, so that a
+// disturbance from outside (other work on this machine) spreads over the
+// paths rather than falling on one. All servers run for the whole phase;
+// the ones not being measured sit idle.
 func (r *runner) load(names []string, be *backend) []pathResult {
 	res := make([]pathResult, len(names))
-	servers := make([]*proxy, len(names))
+	servers := make([]*pathServer, len(names))
 	for i, name := range names {
 		res[i].Name = name
-		px, err := r.startServer(name)
+		ps, err := r.startPath(name)
 		if err != nil {
 			res[i].Skipped = err.Error()
 			logf("%s: not measured: %v", name, err)
+			ps = &pathServer{}
 		}
-		servers[i] = px
+		servers[i] = ps
 	}
 	for round := 1; round <= r.set.Rounds; round++ {
 		for i := range res {
@@ -120,56 +205,96 @@ func (r *runner) load(names []string, be *backend) []pathResult {
 			}
 		}
 	}
-	for i, px := range servers {
-		if px != nil {
+	for i, ps := range servers {
+		for _, px := range ps.procs {
 			r.stopServer(&res[i], px, "load runs")
 		}
 	}
 	return res
 }
 
-// loadRound runs one round of the load measurements on one path; px is
-// nil for direct.
-func (r *runner) loadRound(res *pathResult, px *proxy, be *backend, round int) loadRound {
-	measured, proxyAddr := be.child, ""
-	if px != nil {
-		measured, proxyAddr = px.child, px.addr
-	}
+// loadRound runs one round of the load measurements on one path.
+func (r *runner) loadRound(res *pathResult, ps *pathServer, be *backend, round int) loadRound {
+	measured, proxyAddr := ps.pids(be), ps.addr
 	var lr loadRound
 	logf("round %d/%d, %s: single stream, %s", round, r.set.Rounds, res.Name, sizeStr(r.set.SingleBytes))
+	before := perProcessCPU(ps.procs)
 	lr.Single = r.stream(res, measured, proxyAddr, be.sink, 1, r.set.SingleBytes)
+	if len(ps.procs) > 1 && streamOK(lr.Single) {
+		checkChainUsed(res, ps.procs, before)
+	}
 	logf("round %d/%d, %s: %d streams, %s each", round, r.set.Rounds, res.Name, r.set.MultiStreams, sizeStr(r.set.MultiBytes))
 	lr.Multi = r.stream(res, measured, proxyAddr, be.sink, r.set.MultiStreams, r.set.MultiBytes)
 	for _, n := range r.set.Clients {
 		logf("round %d/%d, %s: connections, %d clients, %v", round, r.set.Rounds, res.Name, n, r.set.ConnDuration)
 		lr.Conn = append(lr.Conn, r.connRate(res, proxyAddr, be.once, n))
 	}
+	if chainLength(res.Name) > 0 {
+		return lr
+	}
+	for _, n := range r.set.UDPAssocs {
+		logf("round %d/%d, %s: UDP round trips, %d association(s), %v", round, r.set.Rounds, res.Name, n, r.set.UDPDuration)
+		lr.UDP = append(lr.UDP, r.udp(res, proxyAddr, be.udpEcho, n))
+	}
+	if r.set.UDPBlast > 0 {
+		logf("round %d/%d, %s: UDP one way, %v", round, r.set.Rounds, res.Name, r.set.UDPBlast)
+		lr.Blast = r.udpBlast(res, proxyAddr, be.udpSink)
+	}
+	logf("round %d/%d, %s: BIND, %d clients, %d set-ups", round, r.set.Rounds, res.Name, r.set.BindClients, r.set.BindMax)
+	lr.Bind = r.bind(res, proxyAddr)
 	return lr
+}
+
+// perProcessCPU samples the CPU seconds of each process.
+func perProcessCPU(procs []*proxy) []float64 {
+	out := make([]float64, len(procs))
+	for i, px := range procs {
+		out[i] = sample(px.pid()).CPU
+	}
+	return out
+}
+
+// checkChainUsed reports a process of a chain that used no CPU, or less
+// than a tenth of what the front one used, while a stream went through
+// the chain: the stream cannot have crossed it (a route not taken, say).
+func checkChainUsed(res *pathResult, procs []*proxy, before []float64) {
+	after := perProcessCPU(procs)
+	front := after[0] - before[0]
+	for i, px := range procs {
+		if d := after[i] - before[i]; d <= 0 || d < front/10 {
+			res.problem("%s used %.2f s of CPU during a single-stream run (%s %.2f s): the stream did not cross it",
+				px.name, d, procs[0].name, front)
+		}
+	}
 }
 
 // stopServer stops px and reports whether it had died during the phase,
 // and anything it wrote to stderr (sockd runs at -log-level warn).
 func (r *runner) stopServer(res *pathResult, px *proxy, phase string) {
+	who := "server"
+	if px.name != res.Name {
+		who = "server " + px.name // one of a chain
+	}
 	if px.exited() {
-		res.problem("server exited during the %s: %s", phase, px.exitDetail())
+		res.problem("%s exited during the %s: %s", who, phase, px.exitDetail())
 		return
 	}
 	n, tail := px.logLines(3)
 	px.stop()
 	if n > 0 {
-		res.problem("server wrote %d lines to stderr during the %s; last: %s", n, phase, tail)
+		res.problem("%s wrote %d lines to stderr during the %s; last: %s", who, n, phase, tail)
 	}
 }
 
 // stream runs one throughput measurement and the server's CPU across it.
-func (r *runner) stream(res *pathResult, measured *child, proxyAddr, sink string, streams int, each int64) streamRun {
-	before := sample(measured.pid())
+func (r *runner) stream(res *pathResult, measured []int, proxyAddr, sink string, streams int, each int64) streamRun {
+	before := sampleAll(measured)
 	var sr streamResult
 	err := r.client(&sr, r.set.StreamLimit+30*time.Second, "stream",
 		"-target", sink, "-proxy", proxyAddr, "-streams", strconv.Itoa(streams),
 		"-bytes", strconv.FormatInt(each, 10), "-buf", strconv.Itoa(r.set.BufSize),
 		"-timeout", r.set.StreamLimit.String())
-	after := sample(measured.pid())
+	after := sampleAll(measured)
 	run := streamRun{streamResult: sr}
 	if err != nil {
 		res.problem("%d-stream run: %v", streams, err)
@@ -202,6 +327,56 @@ func (r *runner) connRate(res *pathResult, proxyAddr, once string, n int) connRe
 		res.problem("connections with %d clients: %d failed, first: %s", n, cr.Errors, cr.FirstError)
 	}
 	return cr
+}
+
+// udp runs the UDP request-response client with n associations.
+func (r *runner) udp(res *pathResult, proxyAddr, echo string, n int) udpResult {
+	var ur udpResult
+	err := r.client(&ur, r.set.UDPDuration+opTimeout+30*time.Second, "udp",
+		"-target", echo, "-proxy", proxyAddr, "-assocs", strconv.Itoa(n),
+		"-duration", r.set.UDPDuration.String(), "-size", strconv.Itoa(r.set.UDPSize))
+	if err != nil {
+		res.problem("UDP with %d associations: %v", n, err)
+		return udpResult{Assocs: n}
+	}
+	if ur.Errors > 0 || ur.Lost > 0 {
+		res.problem("UDP with %d associations: %d errors, %d datagrams lost (no echo within %v), first error: %s",
+			n, ur.Errors, ur.Lost, udpWait, ur.FirstError)
+	}
+	return ur
+}
+
+// udpBlast runs the one-way UDP client against the UDP sink.
+func (r *runner) udpBlast(res *pathResult, proxyAddr, sink string) *udpBlastResult {
+	var br udpBlastResult
+	err := r.client(&br, r.set.UDPBlast+opTimeout+30*time.Second, "udpblast",
+		"-target", sink, "-proxy", proxyAddr,
+		"-duration", r.set.UDPBlast.String(), "-size", strconv.Itoa(r.set.UDPSize))
+	if err != nil {
+		res.problem("UDP one way: %v", err)
+		return &udpBlastResult{Error: err.Error()}
+	}
+	if br.Error != "" {
+		res.problem("UDP one way: %s", br.Error)
+	}
+	return &br
+}
+
+// bind runs the BIND client.
+func (r *runner) bind(res *pathResult, proxyAddr string) *bindResult {
+	var br bindResult
+	err := r.client(&br, r.set.BindDuration+opTimeout+30*time.Second, "bind",
+		"-proxy", proxyAddr, "-clients", strconv.Itoa(r.set.BindClients),
+		"-duration", r.set.BindDuration.String(), "-max", strconv.Itoa(r.set.BindMax),
+		"-size", strconv.Itoa(r.set.EchoSize))
+	if err != nil {
+		res.problem("BIND: %v", err)
+		return &bindResult{Clients: r.set.BindClients}
+	}
+	if br.Errors > 0 {
+		res.problem("BIND: %d of %d set-ups failed, first: %s", br.Errors, br.Errors+br.Setups, br.FirstError)
+	}
+	return &br
 }
 
 // client runs one "bench client" measurement and decodes its one line of

@@ -232,15 +232,24 @@ func (c *child) stop() {
 	}
 }
 
+// backendHost is the loopback address the backend listens on, for every
+// path. It is not 127.0.0.1 because sockd sends a destination of exactly
+// 127.0.0.1 (or 0.0.0.0) direct whatever its routing file says (a legacy
+// rule), and the chain paths need the backend reached through the hops.
+// The load client, the proxies and their outbound sockets stay on
+// 127.0.0.1: to the kernel, both are the same loopback device.
+const backendHost = "127.0.0.5"
+
 // backend is a running "bench backend" process: the addresses of its
-// sink, its echo server and its echo-once server.
+// sink, its echo server, its echo-once server, its UDP echo server and
+// its UDP sink.
 type backend struct {
 	*child
-	sink, echo, once string
+	sink, echo, once, udpEcho, udpSink string
 }
 
 func (e *env) startBackend(bufSize, onceSize int) (*backend, error) {
-	c, err := e.start("backend", true, e.self, "backend",
+	c, err := e.start("backend", true, e.self, "backend", "-host", backendHost,
 		"-buf", fmt.Sprint(bufSize), "-once", fmt.Sprint(onceSize))
 	if err != nil {
 		return nil, err
@@ -251,11 +260,11 @@ func (e *env) startBackend(bufSize, onceSize int) (*backend, error) {
 		return nil, err
 	}
 	f := strings.Fields(line)
-	if len(f) != 3 {
+	if len(f) != 5 {
 		c.stop()
 		return nil, fmt.Errorf("backend said %q", line)
 	}
-	return &backend{child: c, sink: f[0], echo: f[1], once: f[2]}, nil
+	return &backend{child: c, sink: f[0], echo: f[1], once: f[2], udpEcho: f[3], udpSink: f[4]}, nil
 }
 
 // proxy is a running SOCKS server under test.
@@ -330,8 +339,50 @@ func (e *env) startSockd(bin string) (*proxy, error) {
 		bin, "-config", "{conf}", "-listen", "{addr}", "-log-level", "warn")
 }
 
+// startChain starts the n sockd processes of a chain path, all with the
+// same sockd.conf: the last goes direct, each other one routes every
+// destination through the next with a routing file (socks.conf) of one
+// line, "sockd @=socks5://NEXT ALL 0.0.0.0". They are started from the
+// last, whose address the one before needs, and returned front first,
+// named name-a, name-b, ...
+func (e *env) startChain(bin, name string, n int) ([]*proxy, error) {
+	procs := make([]*proxy, n)
+	stopAll := func() {
+		for _, px := range procs {
+			if px != nil {
+				px.stop()
+			}
+		}
+	}
+	for i := n - 1; i >= 0; i-- {
+		pname := fmt.Sprintf("%s-%c", name, 'a'+i)
+		argv := []string{bin, "-config", "{conf}", "-listen", "{addr}", "-log-level", "warn"}
+		if i < n-1 {
+			routes := filepath.Join(e.dir, pname+".routes")
+			line := fmt.Sprintf("sockd @=socks5://%s ALL 0.0.0.0\n", procs[i+1].addr)
+			if err := os.WriteFile(routes, []byte(line), 0o644); err != nil {
+				stopAll()
+				return nil, err
+			}
+			argv = append(argv, "-routes", routes)
+		}
+		px, err := e.startProxy(pname, sockdConf, argv...)
+		if err != nil {
+			stopAll()
+			return nil, err
+		}
+		procs[i] = px
+	}
+	return procs, nil
+}
+
 // danteConf is Dante's configuration: no authentication, loopback only,
-// CONNECT only, no logging of sessions. Everything else is Dante's default.
+// no logging of sessions. Everything else is Dante's default. CONNECT
+// matches the first socks rule, as before the UDP and BIND measurements
+// were added; the second admits BIND and UDP ASSOCIATE from loopback
+// clients, the third the inbound BIND connection and the UDP replies,
+// from loopback only, to loopback clients (for these two commands "from"
+// is the remote side and "to" the client).
 const danteConf = `logoutput: stderr
 internal: 127.0.0.1 port = {port}
 external: 127.0.0.1
@@ -341,6 +392,8 @@ user.privileged: root
 user.unprivileged: nobody
 client pass { from: 127.0.0.0/8 to: 0.0.0.0/0 }
 socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: connect }
+socks pass { from: 127.0.0.0/8 to: 0.0.0.0/0 command: bind udpassociate }
+socks pass { from: 127.0.0.0/8 to: 127.0.0.0/8 command: bindreply udpreply }
 `
 
 // startDante runs danted in the foreground (no -D), one mother process
