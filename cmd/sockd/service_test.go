@@ -182,13 +182,12 @@ func TestInetd(t *testing.T) {
 	go func() { done <- cmd.Wait() }()
 
 	d, _ := proxy.SOCKS5("tcp", "unused", nil, nil)
-	c, err := d.(interface {
+	_, err = d.(interface {
 		DialWithConn(context.Context, net.Conn, string, string) (net.Addr, error)
 	}).DialWithConn(context.Background(), client, "tcp", echo)
 	if err != nil {
 		t.Fatalf("handshake over the inetd connection: %v", err)
 	}
-	_ = c
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	client.Write([]byte("hello"))
 	buf := make([]byte, 5)
