@@ -18,10 +18,13 @@ test:
 # slow to minimise).
 FUZZTIME ?= 30s
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzParseSockd -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./grammar
-	$(GO) test -run='^$$' -fuzz=FuzzSOCKS4Request -fuzztime=$(FUZZTIME) ./relay
-	$(GO) test -run='^$$' -fuzz=FuzzSOCKS5Request -fuzztime=$(FUZZTIME) ./relay
-	$(GO) test -run='^$$' -fuzz=FuzzIdentReply -fuzztime=$(FUZZTIME) ./ident
+	@set -e; for t in "FuzzParseSockd ./grammar" "FuzzParseSocks ./grammar" "FuzzParseSrelay ./grammar" \
+		"FuzzParseInterfaces ./grammar" "FuzzSOCKS4Request ./relay/internal/wire" \
+		"FuzzSOCKS5Request ./relay/internal/wire" "FuzzUDPHeader ./relay/internal/wire" \
+		"FuzzReply ./relay/internal/wire" "FuzzIdentReply ./ident"; do \
+		set -- $$t; echo "== $$1"; \
+		$(GO) test -run='^$$' -fuzz="^$$1\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s $$2; \
+	done
 
 bench:
 	$(GO) run ./bench
