@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -204,10 +205,40 @@ func sendStream(c net.Conn, n int64, bufSize int, deadline time.Time) error {
 // close until dur has passed, and reports the rate and the handshake
 // latency percentiles.
 func runConnRate(proxy string, dst netip.AddrPort, clients int, dur time.Duration, size int) connResult {
-	res := connResult{Clients: clients}
-	var conns, errs atomic.Int64
+	st := runLoad(clients, dur, 0, size, func(payload, buf []byte) (time.Duration, time.Duration, error) {
+		hs, err := echoOnce(proxy, dst, payload, buf)
+		return hs, 0, err
+	})
+	return connResult{
+		Clients: clients, Conns: st.done, Errors: st.errs, Seconds: st.seconds,
+		Rate:    float64(st.done) / st.seconds,
+		Samples: len(st.lat), P50us: percentile(st.lat, 0.50), P99us: percentile(st.lat, 0.99),
+		FirstError: st.firstErr,
+	}
+}
+
+// loadStats is what runLoad measured.
+type loadStats struct {
+	done, errs int64
+	seconds    float64
+	lat        []time.Duration // set-up latency of every try that got that far
+	rtt        []time.Duration // round trip of every try that succeeded
+	firstErr   string
+}
+
+// runLoad runs clients loops of once until dur has passed or, when limit
+// is above 0, limit tries have been made. A failed try is counted, the
+// first error kept, and the loop pauses a millisecond before the next.
+func runLoad(clients int, dur time.Duration, limit, size int, once func(payload, buf []byte) (lat, rtt time.Duration, err error)) loadStats {
+	var st loadStats
+	var done, errs, left atomic.Int64
+	left.Store(math.MaxInt64)
+	if limit > 0 {
+		left.Store(int64(limit))
+	}
 	var firstErr sync.Once
 	lat := make([][]time.Duration, clients)
+	rtt := make([][]time.Duration, clients)
 	start := time.Now()
 	stop := start.Add(dur)
 	var wg sync.WaitGroup
@@ -215,30 +246,27 @@ func runConnRate(proxy string, dst netip.AddrPort, clients int, dur time.Duratio
 		wg.Go(func() {
 			payload := make([]byte, size)
 			buf := make([]byte, size)
-			for time.Now().Before(stop) {
-				hs, err := echoOnce(proxy, dst, payload, buf)
-				if hs > 0 {
-					lat[i] = append(lat[i], hs)
+			for time.Now().Before(stop) && left.Add(-1) >= 0 {
+				l, rt, err := once(payload, buf)
+				if l > 0 {
+					lat[i] = append(lat[i], l)
 				}
 				if err != nil {
 					errs.Add(1)
-					firstErr.Do(func() { res.FirstError = err.Error() })
+					firstErr.Do(func() { st.firstErr = err.Error() })
 					time.Sleep(time.Millisecond)
 					continue
 				}
-				conns.Add(1)
+				rtt[i] = append(rtt[i], rt)
+				done.Add(1)
 			}
 		})
 	}
 	wg.Wait()
-	res.Seconds = time.Since(start).Seconds()
-	res.Conns, res.Errors = conns.Load(), errs.Load()
-	res.Rate = float64(res.Conns) / res.Seconds
-	all := slices.Concat(lat...)
-	res.Samples = len(all)
-	res.P50us = percentile(all, 0.50)
-	res.P99us = percentile(all, 0.99)
-	return res
+	st.seconds = time.Since(start).Seconds()
+	st.done, st.errs = done.Load(), errs.Load()
+	st.lat, st.rtt = slices.Concat(lat...), slices.Concat(rtt...)
+	return st
 }
 
 // echoOnce makes one connection and returns the time from the start of

@@ -252,46 +252,16 @@ var loopback = netip.MustParseAddr("127.0.0.1")
 // runBind runs clients loops of BIND set-up, one round trip of size bytes
 // and close, until dur has passed or max set-ups have been tried.
 func runBind(proxy string, clients int, dur time.Duration, maxSetups int, size int) bindResult {
-	res := bindResult{Clients: clients}
-	var setups, errs atomic.Int64
-	var left atomic.Int64
-	left.Store(int64(maxSetups))
-	var firstErr sync.Once
-	lat := make([][]time.Duration, clients)
-	rtt := make([][]time.Duration, clients)
-	start := time.Now()
-	stop := start.Add(dur)
-	var wg sync.WaitGroup
-	for i := range clients {
-		wg.Go(func() {
-			payload := make([]byte, size)
-			buf := make([]byte, size)
-			for time.Now().Before(stop) && left.Add(-1) >= 0 {
-				setup, rt, err := bindOnce(proxy, payload, buf)
-				if setup > 0 {
-					lat[i] = append(lat[i], setup)
-				}
-				if err != nil {
-					errs.Add(1)
-					firstErr.Do(func() { res.FirstError = err.Error() })
-					time.Sleep(time.Millisecond)
-					continue
-				}
-				rtt[i] = append(rtt[i], rt)
-				setups.Add(1)
-			}
-		})
+	st := runLoad(clients, dur, maxSetups, size, func(payload, buf []byte) (time.Duration, time.Duration, error) {
+		return bindOnce(proxy, payload, buf)
+	})
+	return bindResult{
+		Clients: clients, Setups: st.done, Errors: st.errs, Seconds: st.seconds,
+		Rate:    float64(st.done) / st.seconds,
+		Samples: len(st.lat), P50us: percentile(st.lat, 0.50), P99us: percentile(st.lat, 0.99),
+		RTTP50us:   percentile(st.rtt, 0.50),
+		FirstError: st.firstErr,
 	}
-	wg.Wait()
-	res.Seconds = time.Since(start).Seconds()
-	res.Setups, res.Errors = setups.Load(), errs.Load()
-	res.Rate = float64(res.Setups) / res.Seconds
-	all := slices.Concat(lat...)
-	res.Samples = len(all)
-	res.P50us = percentile(all, 0.50)
-	res.P99us = percentile(all, 0.99)
-	res.RTTP50us = percentile(slices.Concat(rtt...), 0.50)
-	return res
 }
 
 // bindOnce sets up one BIND session and returns the set-up time and the
