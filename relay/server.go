@@ -242,6 +242,9 @@ func (s *Server) doneConn(sc *conn) {
 // Sessions returns the number of sessions open now, handshakes included.
 func (s *Server) Sessions() int { return int(s.active.Load()) }
 
+// Accepted returns the number of connections served since the start.
+func (s *Server) Accepted() uint64 { return s.nextID.Load() }
+
 // Shutdown stops accepting, lets the sessions in flight finish until ctx is
 // done, then closes what is left. It returns ctx's error if it had to close
 // sessions.

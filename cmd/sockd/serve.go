@@ -246,6 +246,9 @@ func (d *daemon) run(lns []net.Listener) int {
 	defer poll.Stop()
 	statusTick := time.NewTicker(10 * time.Second)
 	defer statusTick.Stop()
+	trimTick := time.NewTicker(trimEvery)
+	defer trimTick.Stop()
+	trims := trimmer{accepted: d.srv.Accepted}
 	var watchdogC <-chan time.Time
 	if iv, err := sd.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		t := time.NewTicker(iv / 2)
@@ -298,6 +301,12 @@ func (d *daemon) run(lns []net.Listener) int {
 			d.reload("poll", false)
 		case <-statusTick.C:
 			d.notify.send(d.status())
+		case <-trimTick.C:
+			if trims.due() {
+				before, after := trim()
+				d.log.Debug("memory returned after a burst", "sessions", d.srv.Sessions(),
+					"mapped_kib_before", before>>10, "mapped_kib_after", after>>10)
+			}
 		case <-watchdogC:
 			// From this loop, so that a wedged loop stops the pings.
 			d.notify.send(sd.SdNotifyWatchdog)

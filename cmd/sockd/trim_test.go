@@ -1,0 +1,117 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/proxy"
+
+	"github.com/sockd-ng/sockd/relay/relaytest"
+)
+
+func TestTrimmerDue(t *testing.T) {
+	var n uint64
+	tr := trimmer{accepted: func() uint64 { return n }}
+	steps := []struct {
+		accepted uint64
+		want     bool
+	}{
+		{0, false},               // nothing yet
+		{100, false},             // busy
+		{100, false},             // quiet, but no burst
+		{200, false},             // busy
+		{300, false},             // busy
+		{300, true},              // quiet after 300: trim
+		{300, false},             // still quiet: once is enough
+		{300 + trimBurst, false}, // busy
+		{300 + trimBurst, true},  // quiet after another burst
+		{300 + trimBurst + 1, false},
+		{300 + trimBurst + 1, false}, // one more is no burst
+	}
+	for i, s := range steps {
+		n = s.accepted
+		if got := tr.due(); got != s.want {
+			t.Errorf("step %d (accepted %d): due = %v, want %v", i, s.accepted, got, s.want)
+		}
+	}
+}
+
+// The memory a burst of goroutines left behind (their stacks) goes back to
+// the system.
+func TestTrimReturnsStacks(t *testing.T) {
+	const n = 2000 // goroutines alive at once, each with a 32 KiB stack
+	var started, wg sync.WaitGroup
+	release := make(chan struct{})
+	started.Add(n)
+	for range n {
+		wg.Go(func() { deep(64, &started, release) })
+	}
+	started.Wait()
+	close(release)
+	wg.Wait()
+	before, after := trim()
+	if after >= before || before-after < n*16<<10 {
+		t.Fatalf("mapped %d KiB before the trim, %d KiB after; want at least %d KiB less",
+			before>>10, after>>10, n*16)
+	}
+	t.Logf("mapped %d KiB before the trim, %d KiB after", before>>10, after>>10)
+}
+
+// deep grows its goroutine's stack by about n × 256 bytes, then says so
+// and waits for release.
+//
+//go:noinline
+func deep(n int, started *sync.WaitGroup, release chan struct{}) byte {
+	var pad [256]byte
+	pad[n%len(pad)] = byte(n)
+	if n == 0 {
+		started.Done()
+		<-release
+		return pad[0]
+	}
+	return deep(n-1, started, release) + pad[n%len(pad)]
+}
+
+// After a burst of sessions, once no new one comes, the server returns the
+// memory the burst used; the sessions it holds go on relaying.
+func TestTrimAfterBurst(t *testing.T) {
+	echo := relaytest.Echo(t)
+	conf := writeFile(t, "sockd.conf", "permit 127.0.0.0/8\n")
+	p := startSockd(t, "-config", conf, "-log-level", "debug")
+	socks, err := proxy.SOCKS5("tcp", p.addr(), nil, proxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = trimBurst + 44
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := socks.Dial("tcp", echo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	line := p.log.WaitFor(t, `msg="memory returned after a burst"`, fmt.Sprintf("sessions=%d", n))
+	t.Log(line)
+	for i, c := range conns {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		msg := []byte(fmt.Sprintf("session %d", i))
+		got := make([]byte, len(msg))
+		if _, err := c.Write(msg); err != nil {
+			t.Fatalf("session %d after the trim: %v", i, err)
+		}
+		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("session %d after the trim: read %q, %v", i, got, err)
+		}
+	}
+}
