@@ -75,8 +75,8 @@ func (pp *pipePool) put(p *pipe) {
 	unix.Close(p.w)
 }
 
-// close empties the pool.
-func (pp *pipePool) close() {
+// drain closes the pipes in the pool; get makes new ones as needed.
+func (pp *pipePool) drain() {
 	pp.mu.Lock()
 	free := pp.free
 	pp.free = nil

@@ -166,6 +166,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.lns[ln] = struct{}{}
 	s.mu.Unlock()
+	// The parker (an epoll set, an eventfd, a thread) is the listening
+	// server's fixed cost, not its first session's.
+	s.parker()
 	defer func() {
 		s.mu.Lock()
 		delete(s.lns, ln)
@@ -245,6 +248,14 @@ func (s *Server) Sessions() int { return int(s.active.Load()) }
 // Accepted returns the number of connections served since the start.
 func (s *Server) Accepted() uint64 { return s.nextID.Load() }
 
+// Trim closes the pipes the server keeps for reuse (up to 32, two fds
+// each); the relay makes new ones when bytes flow again. It is for a
+// server that has gone quiet: idle sessions hold no pipe.
+func (s *Server) Trim() {
+	s.init()
+	s.pipes.drain()
+}
+
 // Shutdown stops accepting, lets the sessions in flight finish until ctx is
 // done, then closes what is left. It returns ctx's error if it had to close
 // sessions.
@@ -277,7 +288,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if pk := s.pk.Load(); pk != nil {
 		pk.close()
 	}
-	s.pipes.close()
+	s.pipes.drain()
 	return err
 }
 

@@ -326,6 +326,11 @@ func TestIdleSessionsHoldNoPipes(t *testing.T) {
 	if after := relaytest.FDs(t, "pipe:"); after-before > 64 {
 		t.Errorf("%d idle sessions hold %d pipe fds; the pool keeps at most 64", n, after-before)
 	}
+	// Trim closes the pool's; the sessions relay on, with new pipes.
+	srv.Trim()
+	if after := relaytest.FDs(t, "pipe:"); after != before {
+		t.Errorf("after Trim, %d pipe fds; want %d as before the sessions", after, before)
+	}
 }
 
 func TestIdleTimeout(t *testing.T) {

@@ -303,7 +303,7 @@ func (d *daemon) run(lns []net.Listener) int {
 			d.notify.send(d.status())
 		case <-trimTick.C:
 			if trims.due() {
-				before, after := trim()
+				before, after := trim(d.srv)
 				d.log.Debug("memory returned after a burst", "sessions", d.srv.Sessions(),
 					"mapped_kib_before", before>>10, "mapped_kib_after", after>>10)
 			}

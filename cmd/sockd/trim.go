@@ -4,6 +4,8 @@ import (
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
+
+	"github.com/sockd-ng/sockd/relay"
 )
 
 // After a burst of new sessions the Go runtime keeps the memory the burst
@@ -11,8 +13,8 @@ import (
 // it grew — until its next collection, which an idle server may not run
 // for two minutes, and it gives the pages back to the system slowly after
 // that. The trimmer gives them back as soon as the server goes quiet after
-// a burst, so that a server holding many idle sessions costs what the
-// sessions hold. A busy server never trims: its collections free the same
+// a burst, and closes the pipes the relay kept for reuse, so that a server
+// holding many idle sessions costs what the sessions hold. A busy server never trims: its collections free the same
 // memory as it goes.
 type trimmer struct {
 	accepted func() uint64 // connections accepted so far
@@ -42,9 +44,13 @@ func (t *trimmer) due() bool {
 	return true
 }
 
-// trim collects garbage and returns all the memory it can to the system.
-// It reports the bytes the process had mapped before and after.
-func trim() (before, after uint64) {
+// trim closes srv's idle pipes (nil: none), collects garbage and returns
+// all the memory it can to the system. It reports the bytes the process
+// had mapped before and after.
+func trim(srv *relay.Server) (before, after uint64) {
+	if srv != nil {
+		srv.Trim()
+	}
 	before = mappedBytes()
 	debug.FreeOSMemory()
 	return before, mappedBytes()

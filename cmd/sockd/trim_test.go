@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -54,7 +55,7 @@ func TestTrimReturnsStacks(t *testing.T) {
 	started.Wait()
 	close(release)
 	wg.Wait()
-	before, after := trim()
+	before, after := trim(nil)
 	if after >= before || before-after < n*16<<10 {
 		t.Fatalf("mapped %d KiB before the trim, %d KiB after; want at least %d KiB less",
 			before>>10, after>>10, n*16)
@@ -87,6 +88,8 @@ func TestTrimAfterBurst(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	pid := strconv.Itoa(p.cmd.Process.Pid)
+	stdio := relaytest.ProcFDs(t, pid, "pipe:") // stderr, to the test
 	const n = trimBurst + 44
 	var conns []net.Conn
 	defer func() {
@@ -100,18 +103,29 @@ func TestTrimAfterBurst(t *testing.T) {
 			t.Fatal(err)
 		}
 		conns = append(conns, c)
+		roundTrips(t, conns[len(conns)-1:]) // pipes go to the pool
 	}
 	line := p.log.WaitFor(t, `msg="memory returned after a burst"`, fmt.Sprintf("sessions=%d", n))
 	t.Log(line)
+	// The pipes the relay kept for reuse are closed too.
+	if pipes := relaytest.ProcFDs(t, pid, "pipe:"); pipes != stdio {
+		t.Errorf("after the trim the server holds %d pipe fds; want %d (its stdio)", pipes, stdio)
+	}
+	roundTrips(t, conns)
+}
+
+// roundTrips sends a line on every connection and reads it back.
+func roundTrips(t *testing.T, conns []net.Conn) {
+	t.Helper()
 	for i, c := range conns {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		msg := []byte(fmt.Sprintf("session %d", i))
 		got := make([]byte, len(msg))
 		if _, err := c.Write(msg); err != nil {
-			t.Fatalf("session %d after the trim: %v", i, err)
+			t.Fatalf("session %d: %v", i, err)
 		}
 		if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
-			t.Fatalf("session %d after the trim: read %q, %v", i, got, err)
+			t.Fatalf("session %d: read %q, %v", i, got, err)
 		}
 	}
 }

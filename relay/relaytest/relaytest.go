@@ -230,13 +230,19 @@ func leaked() string {
 // kind ("socket:", "pipe:" or "" for all), from /proc/self/fd.
 func FDs(t testing.TB, kind string) int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
+	return ProcFDs(t, "self", kind)
+}
+
+// ProcFDs is FDs of the process with the given pid ("self": this one).
+func ProcFDs(t testing.TB, pid, kind string) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/" + pid + "/fd")
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
 	for _, e := range ents {
-		target, err := os.Readlink("/proc/self/fd/" + e.Name())
+		target, err := os.Readlink("/proc/" + pid + "/fd/" + e.Name())
 		if err == nil && strings.HasPrefix(target, kind) {
 			n++
 		}
