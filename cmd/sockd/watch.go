@@ -15,14 +15,17 @@ import (
 // into, so that editors' rename-saves, delete-and-recreate and symlink
 // swaps (Kubernetes ConfigMaps) are all seen; the file itself is no good to
 // watch, as its watch is lost at the first rename. Events are debounced:
-// changed receives one value after a burst has been quiet for debounce.
-// Whether anything really changed is decided by content, by the reload.
+// changed receives one value after a burst has been quiet for debounce, or
+// maxDelay after its first event, so that a directory that is never quiet
+// (a busy file beside the config) cannot hold a reload back. Whether
+// anything really changed is decided by content, by the reload.
 type watcher struct {
 	log      *slog.Logger
 	w        *fsnotify.Watcher
 	dirs     map[string]bool
 	changed  chan struct{}
 	debounce time.Duration
+	maxDelay time.Duration
 }
 
 func newWatcher(log *slog.Logger) (*watcher, error) {
@@ -30,7 +33,8 @@ func newWatcher(log *slog.Logger) (*watcher, error) {
 	if err != nil {
 		return nil, err // EMFILE: fs.inotify.max_user_instances
 	}
-	return &watcher{log: log, w: w, dirs: map[string]bool{}, changed: make(chan struct{}, 1), debounce: 150 * time.Millisecond}, nil
+	return &watcher{log: log, w: w, dirs: map[string]bool{}, changed: make(chan struct{}, 1),
+		debounce: 150 * time.Millisecond, maxDelay: 500 * time.Millisecond}, nil
 }
 
 // watch makes the watched directories those of files (called by the
@@ -71,6 +75,14 @@ func (w *watcher) watch(files []string) {
 func (w *watcher) run() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	var first time.Time // of the burst; zero when none is pending
+	arm := func() {
+		now := time.Now()
+		if first.IsZero() {
+			first = now
+		}
+		timer.Reset(min(w.debounce, first.Add(w.maxDelay).Sub(now)))
+	}
 	for {
 		select {
 		case ev, ok := <-w.w.Events:
@@ -80,14 +92,15 @@ func (w *watcher) run() {
 			if ev.Op == fsnotify.Chmod {
 				continue
 			}
-			timer.Reset(w.debounce)
+			arm()
 		case err, ok := <-w.w.Errors:
 			if !ok {
 				return
 			}
 			w.log.Warn("config watch", "err", err) // ErrEventOverflow: events were lost
-			timer.Reset(w.debounce)
+			arm()
 		case <-timer.C:
+			first = time.Time{}
 			select {
 			case w.changed <- struct{}{}:
 			default: // a notice is pending already
