@@ -14,8 +14,8 @@ import (
 // for two minutes, and it gives the pages back to the system slowly after
 // that. The trimmer gives them back as soon as the server goes quiet after
 // a burst, and closes the pipes the relay kept for reuse, so that a server
-// holding many idle sessions costs what the sessions hold. A busy server never trims: its collections free the same
-// memory as it goes.
+// holding many idle sessions costs what the sessions hold. A busy server
+// never trims: its collections free the same memory as it goes.
 type trimmer struct {
 	accepted func() uint64 // connections accepted so far
 	last     uint64        // accepted at the previous check

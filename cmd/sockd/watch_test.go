@@ -9,7 +9,8 @@ import (
 )
 
 // A file beside the config that changes all the time does not hold back
-// the notice of a change: it comes within maxDelay of the first event.
+// the notice of a change: notices come every maxDelay while the directory
+// is busy, so one follows the change within a second.
 func TestWatchBusyDirectory(t *testing.T) {
 	dir := t.TempDir()
 	conf := filepath.Join(dir, "sockd.conf")
