@@ -61,11 +61,13 @@ func (s *Server) dialDirect(ctx context.Context, in *policy.Interfaces, addrs []
 func replyForCause(err error) byte {
 	var dnsErr *net.DNSError
 	switch {
+	case errors.Is(err, errNoInterface):
+		return wire.RepGeneralFailure // socks.conf(5), SOCKD.ROUTE
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return wire.RepRefused
 	case errors.Is(err, syscall.ENETUNREACH):
 		return wire.RepNetUnreachable
-	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, errNoAddress), errors.As(err, &dnsErr), errors.Is(err, errNoInterface):
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, errNoAddress), errors.As(err, &dnsErr):
 		return wire.RepHostUnreachable
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded), errors.Is(err, syscall.ETIMEDOUT):
 		return wire.RepHostUnreachable // sockd.conf(5): a failed connect is 3, 4 or 5

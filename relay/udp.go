@@ -24,10 +24,13 @@ import (
 // when the request gave one); FRAG != 0 is dropped; each destination is
 // judged against sockd.conf with command udp (a small cache of decisions,
 // emptied on reload); replies are passed back, wrapped, only from remotes
-// the client has sent to. Destinations that route through a SOCKS5 next
-// hop go through an association of our own with that hop. The
-// association lives as long as the control connection, within an idle
-// limit.
+// the client has sent to. Datagrams to direct destinations leave from the
+// local address sockd.route gives for them (one socket per such address,
+// opened on first use); a destination no line covers is dropped.
+// Destinations that route through SOCKS5 next hops go through an
+// association of our own with the first of them that works (failover and
+// back-off as for TCP). The association lives as long as the control
+// connection, within an idle limit.
 
 const (
 	maxDatagram   = 65535
@@ -40,7 +43,6 @@ type assoc struct {
 	c       *conn
 	source  policy.UserSource
 	client  *net.UDPConn // facing the client
-	remote  *net.UDPConn // facing direct destinations
 	from    netip.AddrPort
 	peer    atomic.Pointer[netip.AddrPort] // where the client's datagrams come from
 	act     activity
@@ -51,24 +53,33 @@ type assoc struct {
 	sentTo  map[netip.AddrPort]struct{}
 	cache   map[wire.Addr]*udpDecision
 	version *policy.Ruleset
-	hops    map[string]*hopAssoc
+	remotes map[netip.Addr]*net.UDPConn // facing direct destinations, by local address
+	hops    map[string]*hopAssoc        // by the route's server list
+	hopWait map[string]time.Time        // server lists whose hops all failed, until then
 
 	up, down, dgUp, dgDown, dropped atomic.Int64
 }
 
 type udpDecision struct {
-	ok    bool
-	to    netip.AddrPort // direct: the address to send to
-	chain []policy.Hop   // via a next hop
-	hop   string
+	ok     bool
+	to     netip.AddrPort // direct: the address to send to
+	src    netip.Addr     // direct: the local address to send from (sockd.route), or none
+	chains [][]policy.Hop // via a next hop: the alternatives that carry datagrams
+	list   string         // their server list, the key of the association
+	in     *policy.Interfaces
 }
 
 // hopAssoc is an association of ours with a SOCKS5 next hop.
 type hopAssoc struct {
 	a     *client.Association
-	conn  *net.UDPConn // connected to the hop's relay address
+	conn  *net.UDPConn // bound to the control connection's local address
 	chain string
 }
+
+// hopRetry is how long datagrams for a server list whose hops all failed
+// are dropped before the hops are tried again, so that a client sending
+// steadily does not wait out a connect time limit per datagram.
+const hopRetry = 5 * time.Second
 
 func (s *Server) udpTimeout() time.Duration {
 	switch {
@@ -94,13 +105,9 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 	if err != nil {
 		return c.fail(reply, err)
 	}
-	rs, err := net.ListenUDP("udp", nil)
-	if err != nil {
-		cs.Close()
-		return c.fail(reply, err)
-	}
-	a := &assoc{c: c, source: source, client: cs, remote: rs, sentTo: map[netip.AddrPort]struct{}{},
-		cache: map[wire.Addr]*udpDecision{}, hops: map[string]*hopAssoc{}}
+	a := &assoc{c: c, source: source, client: cs, sentTo: map[netip.AddrPort]struct{}{},
+		cache: map[wire.Addr]*udpDecision{}, remotes: map[netip.Addr]*net.UDPConn{},
+		hops: map[string]*hopAssoc{}, hopWait: map[string]time.Time{}}
 	if c.dst.IP.IsValid() && !c.dst.IP.IsUnspecified() {
 		a.from = netip.AddrPortFrom(c.dst.IP, c.dst.Port)
 	} else if c.dst.Port != 0 {
@@ -112,9 +119,8 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 		return err
 	}
 	c.reply = wire.RepSucceeded
-	a.wg.Add(2)
+	a.wg.Add(1)
 	go a.fromClient()
-	go a.fromRemotes(rs, "")
 	err = a.watch()
 	a.close()
 	a.wg.Wait()
@@ -151,8 +157,10 @@ func (a *assoc) close() {
 		return
 	}
 	a.client.Close()
-	a.remote.Close()
 	a.mu.Lock()
+	for _, r := range a.remotes {
+		r.Close()
+	}
 	for _, h := range a.hops {
 		h.a.Control.Close()
 		h.conn.Close()
@@ -190,14 +198,19 @@ func (a *assoc) fromClient() {
 			continue
 		}
 		payload := buf[hl:n]
-		if d.chain != nil {
+		if d.chains != nil {
 			if !a.viaHop(d, h.Addr, payload) {
 				a.dropped.Add(1)
 			}
 			continue
 		}
+		out := a.remoteFor(d.src)
+		if out == nil {
+			a.dropped.Add(1)
+			continue
+		}
 		a.remember(d.to)
-		if _, err := a.remote.WriteToUDPAddrPort(payload, d.to); err != nil {
+		if _, err := out.WriteToUDPAddrPort(payload, d.to); err != nil {
 			a.dropped.Add(1)
 			continue
 		}
@@ -205,6 +218,33 @@ func (a *assoc) fromClient() {
 		a.dgUp.Add(1)
 		a.up.Add(int64(len(payload)))
 	}
+}
+
+// remoteFor returns the socket that sends to direct destinations from src
+// (any address when src is the zero Addr), opening it on first use, and
+// nil if it cannot be had.
+func (a *assoc) remoteFor(src netip.Addr) *net.UDPConn {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if r, ok := a.remotes[src]; ok {
+		return r
+	}
+	if a.closing.Load() {
+		return nil
+	}
+	var la *net.UDPAddr
+	if src.IsValid() {
+		la = &net.UDPAddr{IP: src.AsSlice()}
+	}
+	r, err := net.ListenUDP("udp", la)
+	if err != nil {
+		a.c.s.logger().Warn("udp socket for direct destinations", "id", a.c.id, "src", src, "err", err)
+		return nil
+	}
+	a.remotes[src] = r
+	a.wg.Add(1)
+	go a.fromRemotes(r, false)
+	return r
 }
 
 // remember notes a remote the client sent to, so that its replies pass.
@@ -225,9 +265,9 @@ func (a *assoc) sentToOK(from netip.AddrPort) bool {
 }
 
 // fromRemotes passes replies back to the client, wrapped. On a direct
-// socket (hop == ""), only remotes the client has sent to pass; on an
-// association with a next hop, the hop's header names the remote.
-func (a *assoc) fromRemotes(sock *net.UDPConn, hop string) {
+// socket, only remotes the client has sent to pass; on an association with
+// a next hop (viaHop), the hop's header names the remote.
+func (a *assoc) fromRemotes(sock *net.UDPConn, viaHop bool) {
 	defer a.wg.Done()
 	buf := make([]byte, maxDatagram)
 	out := make([]byte, 0, 262+maxDatagram)
@@ -238,7 +278,7 @@ func (a *assoc) fromRemotes(sock *net.UDPConn, hop string) {
 		}
 		payload := buf[:n]
 		var remote wire.Addr
-		if hop == "" {
+		if !viaHop {
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 			if !a.sentToOK(from) {
 				a.dropped.Add(1)
@@ -309,17 +349,25 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 	case pd.Route.Kind == policy.RouteVia:
 		for _, ch := range pd.Route.Chains {
 			if len(ch) == 1 && ch[0].Proto == grammar.HopSOCKS5 {
-				d.chain, d.hop = ch, chainString(ch)
+				d.chains = append(d.chains, ch) // datagrams cross single SOCKS5 hops only
+			}
+		}
+		d.ok, d.list, d.in = d.chains != nil, pd.Route.String(), pd.Interfaces
+	default:
+		addrs := pd.Addrs
+		if !pd.Resolved {
+			addrs = []netip.Addr{dst.IP}
+		}
+		d.ok = false
+		for _, ip := range addrs { // the first permitted address sockd.route covers
+			if src, _, ok := pd.Interfaces.Source(ip); ok {
+				d.ok, d.to, d.src = true, netip.AddrPortFrom(ip, dst.Port), src
 				break
 			}
 		}
-		d.ok = d.chain != nil // datagrams cross only a single SOCKS5 hop
-	case pd.Resolved && len(pd.Addrs) > 0:
-		d.to = netip.AddrPortFrom(pd.Addrs[0], dst.Port)
-	case pd.Resolved:
-		d.ok = false
-	default:
-		d.to = netip.AddrPortFrom(dst.IP, dst.Port)
+		if !d.ok && len(addrs) > 0 {
+			c.s.logger().Warn("udp destination dropped", "id", c.id, "dst", dst, "err", errNoInterface)
+		}
 	}
 	a.mu.Lock()
 	a.cache[dst] = d
@@ -328,42 +376,11 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 }
 
 // viaHop sends a datagram through the association with the decision's
-// next hop, opening it on first use.
+// next hops, opening it on first use.
 func (a *assoc) viaHop(d *udpDecision, dst wire.Addr, payload []byte) bool {
-	a.mu.Lock()
-	h, ok := a.hops[d.hop]
-	a.mu.Unlock()
-	if !ok {
-		ctx, cancel := context.WithTimeout(context.Background(), a.c.s.connectTimeout())
-		defer cancel()
-		var pd policy.Decision
-		cd, err := a.c.chainDialer(ctx, &pd, d.chain)
-		if err != nil {
-			return false
-		}
-		conn, err := net.ListenUDP("udp", nil)
-		if err != nil {
-			return false
-		}
-		as, err := cd.Associate(ctx, netip.AddrPort{})
-		if err != nil {
-			conn.Close()
-			a.c.s.logger().Warn("udp associate with next hop failed", "id", a.c.id, "via", d.hop, "err", err)
-			return false
-		}
-		h = &hopAssoc{a: as, conn: conn, chain: d.hop}
-		a.mu.Lock()
-		if a.closing.Load() {
-			a.mu.Unlock()
-			as.Control.Close()
-			conn.Close()
-			return false
-		}
-		a.hops[d.hop] = h
-		a.wg.Add(1)
-		a.mu.Unlock()
-		a.c.via = d.hop
-		go a.fromRemotes(conn, d.hop)
+	h := a.hopFor(d)
+	if h == nil {
+		return false
 	}
 	msg := append(wire.AppendUDPHeader(nil, dst), payload...)
 	if _, err := h.conn.WriteToUDPAddrPort(msg, h.a.Relay); err != nil {
@@ -373,4 +390,55 @@ func (a *assoc) viaHop(d *udpDecision, dst wire.Addr, payload []byte) bool {
 	a.dgUp.Add(1)
 	a.up.Add(int64(len(payload)))
 	return true
+}
+
+// hopFor returns the association for d's server list, opening one with the
+// first alternative that works (in order, skipping hops backing off), or
+// nil when none does.
+func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
+	a.mu.Lock()
+	h, ok := a.hops[d.list]
+	wait := time.Until(a.hopWait[d.list])
+	a.mu.Unlock()
+	if ok {
+		return h
+	}
+	if wait > 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), a.c.s.connectTimeout())
+	defer cancel()
+	pd := policy.Decision{Route: policy.Route{Kind: policy.RouteVia, Chains: d.chains}, Interfaces: d.in}
+	var as *client.Association
+	via, err := a.c.eachChain(ctx, &pd, func(ctx context.Context, cd *client.Dialer) (err error) {
+		as, err = cd.Associate(ctx, netip.AddrPort{})
+		return err
+	})
+	var conn *net.UDPConn
+	if err == nil {
+		// Datagrams leave from the address the control connection has, as
+		// a hop that checks their source expects.
+		local := as.Control.LocalAddr().(*net.TCPAddr)
+		if conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: local.IP}); err != nil {
+			as.Control.Close()
+		}
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.hopWait[d.list] = time.Now().Add(hopRetry)
+		a.c.s.logger().Warn("udp associate with next hop failed", "id", a.c.id, "via", via, "err", err)
+		return nil
+	}
+	if a.closing.Load() {
+		as.Control.Close()
+		conn.Close()
+		return nil
+	}
+	h = &hopAssoc{a: as, conn: conn, chain: via}
+	a.hops[d.list] = h
+	a.wg.Add(1)
+	a.c.via = via
+	go a.fromRemotes(conn, true)
+	return h
 }

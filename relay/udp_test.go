@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -197,16 +198,72 @@ func TestUDPViaHop(t *testing.T) {
 	ctl, relayAddr := associate(t, front.Addr)
 	u := udpClient(t, "127.0.0.1")
 	for i := range 3 {
-		msg := []byte("via hop " + itoa(uint16(i)))
-		u.WriteToUDPAddrPort(append(header(0, e2.addr), msg...), relayAddr)
-		got, ok := recv(u, 5*time.Second)
-		if want := append(header(0, e2.addr), msg...); !ok || !bytes.Equal(got, want) {
-			t.Fatalf("reply %q, want %q", got, want)
-		}
+		udpRoundTrip(t, u, relayAddr, e2.addr, "via hop "+itoa(uint16(i)))
 	}
 	ctl.Close()
 	front.Log.WaitFor(t, "cmd=udp", "via=socks5://"+hop.Addr, "dgrams_up=3", "dgrams_down=3")
 	hop.Log.WaitFor(t, "cmd=udp", "dgrams_up=3", "dgrams_down=3")
+}
+
+// Through a list of next hops, datagrams take the first hop that answers:
+// one that refuses connections is skipped.
+func TestUDPViaHopFailover(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	dead := "127.0.0.1:" + strconv.Itoa(relaytest.FreePort(t))
+	hop := relaytest.NewServer(t, loopback)
+	front := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @=socks5://"+dead+",socks5://"+hop.Addr+" ALL 0.0.0.0\n")
+	})
+	e2 := startUDPEchoOn(t, "127.0.0.5")
+	ctl, relayAddr := associate(t, front.Addr)
+	u := udpClient(t, "127.0.0.1")
+	for i := range 2 {
+		udpRoundTrip(t, u, relayAddr, e2.addr, "failover "+itoa(uint16(i)))
+	}
+	ctl.Close()
+	front.Log.WaitFor(t, "next hop failed; trying the next", "via=socks5://"+dead)
+	front.Log.WaitFor(t, "cmd=udp", "via=socks5://"+hop.Addr, "dgrams_up=2", "dgrams_down=2")
+}
+
+// sockd.route chooses the source of datagrams to direct destinations; a
+// destination no line covers is dropped.
+func TestUDPInterfaces(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	covered := startUDPEchoOn(t, "127.0.0.5")
+	uncovered := startUDPEchoOn(t, "127.0.0.6")
+	srv := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.Decider = relaytest.CompileInterfaces(t, loopback, "", "127.0.0.2 127.0.0.5 255.255.255.255\n")
+	})
+	ctl, relayAddr := associate(t, srv.Addr)
+	u := udpClient(t, "127.0.0.1")
+	udpRoundTrip(t, u, relayAddr, covered.addr, "covered")
+	if from := covered.last().Addr(); from != netip.MustParseAddr("127.0.0.2") {
+		t.Errorf("datagram came from %s, want 127.0.0.2 (sockd.route)", from)
+	}
+	u.WriteToUDPAddrPort(append(header(0, uncovered.addr), "uncovered"...), relayAddr)
+	if got, ok := recv(u, 300*time.Millisecond); ok {
+		t.Fatalf("uncovered destination: got a reply %q", got)
+	}
+	uncovered.mu.Lock()
+	n := len(uncovered.from)
+	uncovered.mu.Unlock()
+	if n != 0 {
+		t.Error("a destination sockd.route does not cover received a datagram")
+	}
+	ctl.Close()
+	srv.Log.WaitFor(t, "udp destination dropped", "dst=127.0.0.6", "no sockd.route line")
+	srv.Log.WaitFor(t, "cmd=udp", "dgrams_up=1", "dgrams_down=1", "dgrams_dropped=1")
+}
+
+// udpRoundTrip sends msg to an echo server at to through the association
+// and expects it back, wrapped.
+func udpRoundTrip(t *testing.T, u *net.UDPConn, relayAddr, to netip.AddrPort, msg string) {
+	t.Helper()
+	u.WriteToUDPAddrPort(append(header(0, to), msg...), relayAddr)
+	got, ok := recv(u, 5*time.Second)
+	if want := append(header(0, to), msg...); !ok || !bytes.Equal(got, want) {
+		t.Fatalf("reply %q, want %q", got, want)
+	}
 }
 
 func startUDPEchoOn(t *testing.T, ip string) *udpEcho {

@@ -77,6 +77,14 @@ func Compile(t testing.TB, rules string) *policy.Ruleset {
 // routing table (none when empty).
 func CompileRoutes(t testing.TB, rules, routes string) *policy.Ruleset {
 	t.Helper()
+	return CompileInterfaces(t, rules, routes, "")
+}
+
+// CompileInterfaces compiles sockd.conf text with socks.conf text as its
+// routing table and sockd.route text as its outbound interfaces (each none
+// when empty).
+func CompileInterfaces(t testing.TB, rules, routes, interfaces string) *policy.Ruleset {
+	t.Helper()
 	f, err := grammar.ParseSockd("sockd.conf", strings.NewReader(rules))
 	if err != nil {
 		t.Fatalf("rules: %v", err)
@@ -85,6 +93,11 @@ func CompileRoutes(t testing.TB, rules, routes string) *policy.Ruleset {
 	if routes != "" {
 		if opt.Routes, err = grammar.ParseSocks("socks.conf", strings.NewReader(routes)); err != nil {
 			t.Fatalf("routes: %v", err)
+		}
+	}
+	if interfaces != "" {
+		if opt.Interfaces, err = grammar.ParseInterfaces("sockd.route", strings.NewReader(interfaces)); err != nil {
+			t.Fatalf("interfaces: %v", err)
 		}
 	}
 	rs, err := policy.Compile(f, opt)
