@@ -27,9 +27,9 @@ import (
 // the client has sent to. Datagrams to direct destinations leave from the
 // local address sockd.route gives for them (one socket per such address,
 // opened on first use); a destination no line covers is dropped.
-// Destinations that route through SOCKS5 next hops go through an
-// association of our own with the first of them that works (failover and
-// back-off as for TCP). The association lives as long as the control
+// Destinations that route through SOCKS5 next hops (one, or a chain of
+// them) go through an association of our own with the first alternative
+// that works (failover and back-off as for TCP). The association lives as long as the control
 // connection, within an idle limit.
 
 const (
@@ -64,12 +64,12 @@ type udpDecision struct {
 	ok     bool
 	to     netip.AddrPort // direct: the address to send to
 	src    netip.Addr     // direct: the local address to send from (sockd.route), or none
-	chains [][]policy.Hop // via a next hop: the alternatives that carry datagrams
+	chains [][]policy.Hop // via next hops: the alternatives that carry datagrams
 	list   string         // their server list, the key of the association
 	in     *policy.Interfaces
 }
 
-// hopAssoc is an association of ours with a SOCKS5 next hop.
+// hopAssoc is an association of ours through SOCKS5 next hops.
 type hopAssoc struct {
 	a     *client.Association
 	conn  *net.UDPConn // bound to the control connection's local address
@@ -162,7 +162,7 @@ func (a *assoc) close() {
 		r.Close()
 	}
 	for _, h := range a.hops {
-		h.a.Control.Close()
+		h.a.Close()
 		h.conn.Close()
 	}
 	a.mu.Unlock()
@@ -243,7 +243,7 @@ func (a *assoc) remoteFor(src netip.Addr) *net.UDPConn {
 	}
 	a.remotes[src] = r
 	a.wg.Add(1)
-	go a.fromRemotes(r, false)
+	go a.fromRemotes(r, nil)
 	return r
 }
 
@@ -265,9 +265,9 @@ func (a *assoc) sentToOK(from netip.AddrPort) bool {
 }
 
 // fromRemotes passes replies back to the client, wrapped. On a direct
-// socket, only remotes the client has sent to pass; on an association with
-// a next hop (viaHop), the hop's header names the remote.
-func (a *assoc) fromRemotes(sock *net.UDPConn, viaHop bool) {
+// socket (hop == nil), only remotes the client has sent to pass; on an
+// association through next hops, the last hop's header names the remote.
+func (a *assoc) fromRemotes(sock *net.UDPConn, hop *client.Association) {
 	defer a.wg.Done()
 	buf := make([]byte, maxDatagram)
 	out := make([]byte, 0, 262+maxDatagram)
@@ -278,7 +278,7 @@ func (a *assoc) fromRemotes(sock *net.UDPConn, viaHop bool) {
 		}
 		payload := buf[:n]
 		var remote wire.Addr
-		if !viaHop {
+		if hop == nil {
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 			if !a.sentToOK(from) {
 				a.dropped.Add(1)
@@ -286,12 +286,11 @@ func (a *assoc) fromRemotes(sock *net.UDPConn, viaHop bool) {
 			}
 			remote = wire.Addr{IP: from.Addr(), Port: from.Port()}
 		} else {
-			h, hl, err := wire.ParseUDPHeader(payload)
-			if err != nil || h.Frag != 0 {
+			var ok bool
+			if remote, payload, ok = unwrap(payload, hop.Layers()); !ok {
 				a.dropped.Add(1)
 				continue
 			}
-			remote, payload = h.Addr, payload[hl:]
 		}
 		peer := a.peer.Load()
 		if peer == nil {
@@ -348,8 +347,8 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 	case !d.ok:
 	case pd.Route.Kind == policy.RouteVia:
 		for _, ch := range pd.Route.Chains {
-			if len(ch) == 1 && ch[0].Proto == grammar.HopSOCKS5 {
-				d.chains = append(d.chains, ch) // datagrams cross single SOCKS5 hops only
+			if allSOCKS5(ch) {
+				d.chains = append(d.chains, ch) // datagrams cross SOCKS5 hops only
 			}
 		}
 		d.ok, d.list, d.in = d.chains != nil, pd.Route.String(), pd.Interfaces
@@ -382,7 +381,7 @@ func (a *assoc) viaHop(d *udpDecision, dst wire.Addr, payload []byte) bool {
 	if h == nil {
 		return false
 	}
-	msg := append(wire.AppendUDPHeader(nil, dst), payload...)
+	msg := append(wire.AppendUDPHeader(append([]byte(nil), h.a.Prefix()...), dst), payload...)
 	if _, err := h.conn.WriteToUDPAddrPort(msg, h.a.Relay); err != nil {
 		return false
 	}
@@ -420,7 +419,7 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 		// a hop that checks their source expects.
 		local := as.Control.LocalAddr().(*net.TCPAddr)
 		if conn, err = net.ListenUDP("udp", &net.UDPAddr{IP: local.IP}); err != nil {
-			as.Control.Close()
+			as.Close()
 		}
 	}
 	a.mu.Lock()
@@ -431,7 +430,7 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 		return nil
 	}
 	if a.closing.Load() {
-		as.Control.Close()
+		as.Close()
 		conn.Close()
 		return nil
 	}
@@ -439,6 +438,31 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 	a.hops[d.list] = h
 	a.wg.Add(1)
 	a.c.via = via
-	go a.fromRemotes(conn, true)
+	go a.fromRemotes(conn, as)
 	return h
+}
+
+// allSOCKS5 reports whether every hop of a chain speaks SOCKS5, so that
+// datagrams can cross it.
+func allSOCKS5(chain []policy.Hop) bool {
+	for _, h := range chain {
+		if h.Proto != grammar.HopSOCKS5 {
+			return false
+		}
+	}
+	return true
+}
+
+// unwrap takes the layers SOCKS5 UDP headers off a datagram that came
+// through next hops and returns what the innermost one names, and the
+// payload; ok is false for a malformed datagram or a fragment.
+func unwrap(b []byte, layers int) (remote wire.Addr, payload []byte, ok bool) {
+	for range layers {
+		h, hl, err := wire.ParseUDPHeader(b)
+		if err != nil || h.Frag != 0 {
+			return remote, nil, false
+		}
+		remote, b = h.Addr, b[hl:]
+	}
+	return remote, b, true
 }

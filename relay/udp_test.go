@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -186,23 +187,38 @@ func TestUDPDNS(t *testing.T) {
 }
 
 // Through a SOCKS5 next hop the server opens its own association with the
-// hop and relays both ways.
+// hop and relays both ways; through a chain of them, an association at
+// every hop, each reached through the hops before it.
 func TestUDPViaHop(t *testing.T) {
 	relaytest.CheckLeaks(t)
-	hop := relaytest.NewServer(t, loopback)
-	front := relaytest.NewServer(t, loopback, func(s *relay.Server) {
-		s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @=socks5://"+hop.Addr+" ALL 0.0.0.0\n")
-	})
 	// 127.0.0.1 always goes direct (the legacy rule): use 127.0.0.5.
 	e2 := startUDPEchoOn(t, "127.0.0.5")
-	ctl, relayAddr := associate(t, front.Addr)
-	u := udpClient(t, "127.0.0.1")
-	for i := range 3 {
-		udpRoundTrip(t, u, relayAddr, e2.addr, "via hop "+itoa(uint16(i)))
+	for _, n := range []int{1, 2, 3} {
+		t.Run(itoa(uint16(n))+" hops", func(t *testing.T) {
+			var hops []*relaytest.Server
+			var via []string
+			for range n {
+				h := relaytest.NewServer(t, loopback)
+				hops, via = append(hops, h), append(via, "socks5://"+h.Addr)
+			}
+			route := strings.Join(via, ">")
+			front := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+				s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @="+route+" ALL 0.0.0.0\n")
+			})
+			ctl, relayAddr := associate(t, front.Addr)
+			u := udpClient(t, "127.0.0.1")
+			for i := range 3 {
+				udpRoundTrip(t, u, relayAddr, e2.addr, "via hop "+itoa(uint16(i)))
+			}
+			ctl.Close()
+			front.Log.WaitFor(t, "cmd=udp", "via="+route, "dgrams_up=3", "dgrams_down=3")
+			for _, h := range hops {
+				// Every hop relayed the 3 datagrams each way, and ended
+				// its association when the front closed it.
+				h.Log.WaitFor(t, "cmd=udp", "dgrams_up=3", "dgrams_down=3")
+			}
+		})
 	}
-	ctl.Close()
-	front.Log.WaitFor(t, "cmd=udp", "via=socks5://"+hop.Addr, "dgrams_up=3", "dgrams_down=3")
-	hop.Log.WaitFor(t, "cmd=udp", "dgrams_up=3", "dgrams_down=3")
 }
 
 // Through a list of next hops, datagrams take the first hop that answers:

@@ -59,8 +59,8 @@ s.close()
 	return string(out)
 }
 
-// UDP ASSOCIATE with PySocks, directly and through a SOCKS5 next hop (our
-// own server, and Dante).
+// UDP ASSOCIATE with PySocks, directly and through SOCKS5 next hops: our
+// own server, Dante, and chains of the two in either order.
 func TestPySocksUDP(t *testing.T) {
 	echo := udpEchoOn(t, "127.0.0.5") // not 127.0.0.1, which always goes direct
 	h, p, _ := net.SplitHostPort(echo)
@@ -71,16 +71,20 @@ func TestPySocksUDP(t *testing.T) {
 		t.Errorf("direct: got %q, want %q", out, want)
 	}
 	direct.log.WaitFor(t, "cmd=udp", "dgrams_up=2", "dgrams_down=2", "via=direct")
-	for _, hop := range []struct{ name, addr string }{
-		{"sockd", startSockd(t, "-config", conf).addr()},
-		{"Dante", relaytest.Dante(t, "none")},
+	hop := "socks5://" + startSockd(t, "-config", conf).addr()
+	dante := "socks5://" + relaytest.Dante(t, "none")
+	for _, tc := range []struct{ name, via string }{
+		{"sockd", hop},
+		{"Dante", dante},
+		{"sockd then Dante", hop + ">" + dante},
+		{"Dante then sockd", dante + ">" + hop},
 	} {
-		t.Run("via "+hop.name, func(t *testing.T) {
-			front := startSockd(t, "-config", conf, "-routes", writeFile(t, "socks.conf", "sockd @=socks5://"+hop.addr+" ALL 0.0.0.0\n"))
+		t.Run("via "+tc.name, func(t *testing.T) {
+			front := startSockd(t, "-config", conf, "-routes", writeFile(t, "socks.conf", "sockd @="+tc.via+" ALL 0.0.0.0\n"))
 			if out := pysocksUDP(t, front.addr(), echo, "one", "two"); out != want {
 				t.Errorf("got %q, want %q", out, want)
 			}
-			front.log.WaitFor(t, "cmd=udp", "dgrams_up=2", "dgrams_down=2", "via=socks5://"+hop.addr)
+			front.log.WaitFor(t, "cmd=udp", "dgrams_up=2", "dgrams_down=2", "via="+tc.via)
 		})
 	}
 }

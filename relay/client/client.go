@@ -10,9 +10,10 @@
 // the handshakes are done on it and nothing of them is left buffered, so
 // io.Copy between two such conns still uses splice(2) on Linux.
 //
-// It does only CONNECT: no SOCKS BIND or UDP ASSOCIATE yet, and no GSSAPI
-// (RFC 1961) or other SOCKS5 methods than "no authentication" and
-// username/password. It does not speak TLS to a proxy.
+// Besides CONNECT, a Dialer asks for SOCKS BIND (Bind, at its last hop)
+// and SOCKS5 UDP ASSOCIATE (Associate, through one SOCKS5 hop or a chain
+// of them). It speaks no GSSAPI (RFC 1961) or other SOCKS5 methods than
+// "no authentication" and username/password, and no TLS to a proxy.
 package client
 
 import (

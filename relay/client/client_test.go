@@ -547,3 +547,77 @@ func TestFromURL(t *testing.T) {
 		t.Error("FromURLs accepted ftp")
 	}
 }
+
+// TestAssociate sends datagrams through a UDP association at one hop and
+// through chains of our server and Dante: every datagram is the prefix,
+// then a header naming the echo server, and comes back with one header per
+// hop, the last naming the echo server.
+func TestAssociate(t *testing.T) {
+	pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 5)}) // not 127.0.0.1, which sockd sends direct
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			n, from, err := pc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteToUDPAddrPort(buf[:n], from)
+		}
+	}()
+	echo := pc.LocalAddr().(*net.UDPAddr).AddrPort()
+	// RSV RSV FRAG ATYP=1 127.0.0.5 port
+	header := append([]byte{0, 0, 0, 1, 127, 0, 0, 5}, byte(echo.Port()>>8), byte(echo.Port()))
+	sockd := client.Hop{Proto: client.SOCKS5, Addr: relaytest.NewServer(t, permit).Addr}
+	danteHop := client.Hop{Proto: client.SOCKS5, Addr: dante(t, "none", dantePass)}
+	for _, hops := range [][]client.Hop{{sockd}, {danteHop}, {sockd, danteHop}, {danteHop, sockd}, {sockd, danteHop, sockd}} {
+		d := &client.Dialer{Hops: hops, Timeout: 10 * time.Second}
+		t.Run(chainName(hops), func(t *testing.T) {
+			a, err := d.Associate(context.Background(), netip.AddrPort{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer a.Close()
+			if a.Layers() != len(hops) || len(a.Prefix()) != 10*(len(hops)-1) {
+				t.Fatalf("Layers %d, prefix % x, for %d hops", a.Layers(), a.Prefix(), len(hops))
+			}
+			u, err := net.ListenUDP("udp", &net.UDPAddr{IP: a.Control.LocalAddr().(*net.TCPAddr).IP})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			msg := append(append(append([]byte(nil), a.Prefix()...), header...), "datagram"...)
+			if _, err := u.WriteToUDPAddrPort(msg, a.Relay); err != nil {
+				t.Fatal(err)
+			}
+			u.SetReadDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 2048)
+			n, _, err := u.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Back: the prefix's headers (each hop names the next one's
+			// relay), then the echo server's, then the payload.
+			if want := msg; string(buf[:n]) != string(want) {
+				t.Errorf("reply % x\nwant  % x", buf[:n], want)
+			}
+		})
+	}
+	t.Run("an HTTP hop carries no datagrams", func(t *testing.T) {
+		d := &client.Dialer{Hops: []client.Hop{sockd, {Proto: client.HTTP, Addr: "127.0.0.1:8080"}}}
+		if _, err := d.Associate(context.Background(), netip.AddrPort{}); err == nil || !strings.Contains(err.Error(), "SOCKS5 hops only") {
+			t.Errorf("err %v", err)
+		}
+	})
+}
+
+func chainName(hops []client.Hop) string {
+	s := make([]string, len(hops))
+	for i, h := range hops {
+		s[i] = h.String()
+	}
+	return strings.Join(s, ">")
+}
