@@ -29,8 +29,9 @@ import (
 // opened on first use); a destination no line covers is dropped.
 // Destinations that route through SOCKS5 next hops (one, or a chain of
 // them) go through an association of our own with the first alternative
-// that works (failover and back-off as for TCP). The association lives as long as the control
-// connection, within an idle limit.
+// that works (failover and back-off as for TCP), opened again when a hop
+// ends it. The association lives as long as the control connection,
+// within an idle limit.
 
 const (
 	maxDatagram   = 65535
@@ -352,6 +353,9 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 			}
 		}
 		d.ok, d.list, d.in = d.chains != nil, pd.Route.String(), pd.Interfaces
+		if !d.ok {
+			c.s.logger().Warn("udp destination dropped: no alternative of the route carries datagrams (SOCKS5 hops only)", "id", c.id, "dst", dst, "route", d.list)
+		}
 	default:
 		addrs := pd.Addrs
 		if !pd.Resolved {
@@ -436,9 +440,23 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 	}
 	h = &hopAssoc{a: as, conn: conn, chain: via}
 	a.hops[d.list] = h
-	a.wg.Add(1)
+	a.wg.Add(2)
 	a.c.via = via
 	go a.fromRemotes(conn, as)
+	go func() {
+		// A hop that ends the association (its idle limit, a restart)
+		// closes a control connection: forget it, so that the next
+		// datagram opens another.
+		defer a.wg.Done()
+		as.Wait()
+		a.mu.Lock()
+		if a.hops[d.list] == h {
+			delete(a.hops, d.list)
+		}
+		a.mu.Unlock()
+		as.Close()
+		conn.Close()
+	}()
 	return h
 }
 

@@ -241,6 +241,43 @@ func TestUDPViaHopFailover(t *testing.T) {
 	front.Log.WaitFor(t, "cmd=udp", "via=socks5://"+hop.Addr, "dgrams_up=2", "dgrams_down=2")
 }
 
+// A hop that ends its association (here at its idle limit) is asked for a
+// new one when the next datagram comes.
+func TestUDPViaHopReassociates(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	hop := relaytest.NewServer(t, loopback, func(s *relay.Server) { s.UDPTimeout = 400 * time.Millisecond })
+	front := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @=socks5://"+hop.Addr+" ALL 0.0.0.0\n")
+	})
+	e2 := startUDPEchoOn(t, "127.0.0.5")
+	ctl, relayAddr := associate(t, front.Addr)
+	u := udpClient(t, "127.0.0.1")
+	udpRoundTrip(t, u, relayAddr, e2.addr, "first")
+	hop.Log.WaitFor(t, "cmd=udp", "idle timeout", "dgrams_up=1", "dgrams_down=1")
+	// The front learns of it when the control connection closes; until
+	// then a datagram may still go to the old relay and be lost.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		u.WriteToUDPAddrPort(append(header(0, e2.addr), "again"...), relayAddr)
+		got, ok := recv(u, 200*time.Millisecond)
+		if ok {
+			if want := append(header(0, e2.addr), "again"...); !bytes.Equal(got, want) {
+				t.Fatalf("reply %q, want %q", got, want)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no reply after the hop ended the first association")
+		}
+	}
+	ctl.Close()
+	// The second association carried the second datagram and ended with
+	// ours.
+	if line := hop.Log.WaitFor(t, "id=2", "cmd=udp", "dgrams_up=1", "dgrams_down=1"); strings.Contains(line, "err=") {
+		t.Errorf("the second association ended with an error: %s", line)
+	}
+}
+
 // sockd.route chooses the source of datagrams to direct destinations; a
 // destination no line covers is dropped.
 func TestUDPInterfaces(t *testing.T) {

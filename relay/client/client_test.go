@@ -604,6 +604,15 @@ func TestAssociate(t *testing.T) {
 			if want := msg; string(buf[:n]) != string(want) {
 				t.Errorf("reply % x\nwant  % x", buf[:n], want)
 			}
+			// Wait returns once the association ends.
+			done := make(chan error, 1)
+			go func() { done <- a.Wait() }()
+			a.Close()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Error("Wait did not return after Close")
+			}
 		})
 	}
 	t.Run("an HTTP hop carries no datagrams", func(t *testing.T) {

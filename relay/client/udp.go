@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 
@@ -44,6 +45,22 @@ func (a *Association) Prefix() []byte { return a.prefix }
 // Layers is the number of SOCKS5 UDP headers on every datagram that comes
 // back from Relay: one per hop.
 func (a *Association) Layers() int { return 1 + len(a.farther) }
+
+// Wait blocks until the association ends at some hop: until one of its
+// control connections is closed, by either side, or fails, as when a hop
+// ends the association or goes away. What a hop sends on a control
+// connection is discarded. Call Close once Wait has returned.
+func (a *Association) Wait() error {
+	conns := append([]net.Conn{a.Control}, a.farther...)
+	errc := make(chan error, len(conns)) // the others finish at Close
+	for _, c := range conns {
+		go func() {
+			_, err := io.Copy(io.Discard, c)
+			errc <- err
+		}()
+	}
+	return <-errc
+}
 
 // Close closes the control connections, which ends the association at
 // every hop.
