@@ -354,7 +354,8 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 		}
 		d.ok, d.list, d.in = d.chains != nil, pd.Route.String(), pd.Interfaces
 		if !d.ok {
-			c.s.logger().Warn("udp destination dropped: no alternative of the route carries datagrams (SOCKS5 hops only)", "id", c.id, "dst", dst, "route", d.list)
+			c.s.logger().Warn("udp destination dropped: no alternative of its route is all SOCKS5",
+				"id", c.id, "dst", dst, "route", d.list)
 		}
 	default:
 		addrs := pd.Addrs

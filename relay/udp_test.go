@@ -278,6 +278,25 @@ func TestUDPViaHopReassociates(t *testing.T) {
 	}
 }
 
+// HTTP and SOCKS4 hops carry no datagrams: a route with no alternative of
+// SOCKS5 hops only drops them, with a log line.
+func TestUDPRouteWithoutSOCKS5(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	srv := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.Decider = relaytest.CompileRoutes(t, loopback, "sockd @=http://127.0.0.1:3128,socks5://127.0.0.1:1081>socks4://127.0.0.1:1082 ALL 0.0.0.0\n")
+	})
+	e2 := startUDPEchoOn(t, "127.0.0.5")
+	ctl, relayAddr := associate(t, srv.Addr)
+	u := udpClient(t, "127.0.0.1")
+	u.WriteToUDPAddrPort(append(header(0, e2.addr), "dropped"...), relayAddr)
+	if got, ok := recv(u, 300*time.Millisecond); ok {
+		t.Fatalf("got a reply %q", got)
+	}
+	ctl.Close()
+	srv.Log.WaitFor(t, "udp destination dropped", "dst="+e2.addr.String(), "http://127.0.0.1:3128")
+	srv.Log.WaitFor(t, "cmd=udp", "dgrams_up=0", "dgrams_down=0", "dgrams_dropped=1")
+}
+
 // sockd.route chooses the source of datagrams to direct destinations; a
 // destination no line covers is dropped.
 func TestUDPInterfaces(t *testing.T) {
