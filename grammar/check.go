@@ -70,19 +70,27 @@ func checkRule(rs *ruleSyntax, errs, warns *ErrorList) *Rule {
 		h := checkHost(rs.Dst, "destination", errs, warns)
 		r.Dst = &h
 	}
-	if rs.Port != nil {
-		r.Port = checkPort(rs.Port, errs)
-	}
-	for _, x := range extra {
-		errs.Add(x.Pos, "unexpected %q, expected end of line or ': command'", x.Text)
-	}
-	if rs.Cmd != nil {
-		r.Command, r.CommandPos = rs.Cmd.Text, rs.Cmd.Pos
-	}
+	r.Port, r.Command, r.CommandPos = checkTail(rs.Port, extra, rs.Cmd, errs)
 	if len(*errs) > n {
 		return nil
 	}
 	return r
+}
+
+// checkTail checks how a sockd.conf or socks.conf line ends: the port
+// test, words that nothing expects, and the command.
+func checkTail(port *portSyntax, extra []*anySyntax, cmd *cmdSyntax, errs *ErrorList) (*PortTest, string, Pos) {
+	var pt *PortTest
+	if port != nil {
+		pt = checkPort(port, errs)
+	}
+	for _, x := range extra {
+		errs.Add(x.Pos, "unexpected %q, expected end of line or ': command'", x.Text)
+	}
+	if cmd == nil {
+		return pt, "", Pos{}
+	}
+	return pt, cmd.Text, cmd.Pos
 }
 
 // nextPos is where the source address of rs should have been: at the first

@@ -177,15 +177,7 @@ func checkRoute(rs *routeSyntax, errs, warns *ErrorList) *Route {
 	default:
 		rt.Dst = checkHost(rs.Dst, "destination", errs, warns)
 	}
-	if rs.Port != nil {
-		rt.Port = checkPort(rs.Port, errs)
-	}
-	for _, x := range extra {
-		errs.Add(x.Pos, "unexpected %q, expected end of line or ': command'", x.Text)
-	}
-	if rs.Cmd != nil {
-		rt.Command, rt.CommandPos = rs.Cmd.Text, rs.Cmd.Pos
-	}
+	rt.Port, rt.Command, rt.CommandPos = checkTail(rs.Port, extra, rs.Cmd, errs)
 	if len(*errs) > n {
 		return nil
 	}
