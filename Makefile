@@ -4,7 +4,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: build test fuzz bench clean man deb
+.PHONY: build test fuzz fuzz-long bench clean man deb
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o sockd ./cmd/sockd
@@ -17,14 +17,29 @@ test:
 # Each fuzz target for FUZZTIME (minimisation kept short: some inputs are
 # slow to minimise).
 FUZZTIME ?= 30s
+FUZZ_TARGETS := "FuzzParseSockd ./grammar" "FuzzParseSocks ./grammar" "FuzzParseSrelay ./grammar" \
+	"FuzzParseInterfaces ./grammar" "FuzzSOCKS4Request ./relay/internal/wire" \
+	"FuzzSOCKS5Request ./relay/internal/wire" "FuzzUDPHeader ./relay/internal/wire" \
+	"FuzzReply ./relay/internal/wire" "FuzzIdentReply ./ident"
 fuzz:
-	@set -e; for t in "FuzzParseSockd ./grammar" "FuzzParseSocks ./grammar" "FuzzParseSrelay ./grammar" \
-		"FuzzParseInterfaces ./grammar" "FuzzSOCKS4Request ./relay/internal/wire" \
-		"FuzzSOCKS5Request ./relay/internal/wire" "FuzzUDPHeader ./relay/internal/wire" \
-		"FuzzReply ./relay/internal/wire" "FuzzIdentReply ./ident"; do \
+	@set -e; for t in $(FUZZ_TARGETS); do \
 		set -- $$t; echo "== $$1"; \
 		$(GO) test -run='^$$' -fuzz="^$$1\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s $$2; \
 	done
+
+# Every fuzz target for FUZZEXECS executions (10 million: an hour or more
+# for the grammars on two cores). Each target's last progress line, with
+# its executions, goes to fuzz-long.log; a crasher stops the run and is
+# written under the package's testdata/fuzz.
+FUZZEXECS ?= 10000000
+fuzz-long:
+	@: >fuzz-long.log; for t in $(FUZZ_TARGETS); do \
+		set -- $$t; echo "== $$1"; \
+		$(GO) test -run='^$$' -fuzz="^$$1\$$" -fuzztime=$(FUZZEXECS)x -fuzzminimizetime=10s $$2 >fuzz-$$1.out 2>&1; st=$$?; \
+		tail -n 20 fuzz-$$1.out; \
+		echo "$$1 exit=$$st $$(grep -E '^fuzz: elapsed' fuzz-$$1.out | tail -n 1)" >>fuzz-long.log; rm -f fuzz-$$1.out; \
+		[ $$st -eq 0 ] || { cat fuzz-long.log; exit 1; }; \
+	done; cat fuzz-long.log
 
 bench:
 	$(GO) run ./bench
