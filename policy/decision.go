@@ -30,6 +30,7 @@ type AddrVerdict struct {
 	Addr   netip.Addr
 	Action grammar.Action
 	Rule   string // FILE:LINE, or "" for the default
+	Reason string
 }
 
 // Decision is what a Ruleset says about one request. It is plain data.
@@ -70,6 +71,23 @@ type Decision struct {
 	PerAddr    []AddrVerdict
 	ResolveErr error
 }
+
+// Unspecified reports whether a is an unspecified address as a
+// destination: in 0.0.0.0/8, ::, or an IPv4-mapped form of one. On Linux
+// a connection or a datagram to one reaches this host (the "0.0.0.0 day"
+// that browsers closed in 2024), so no rule can make one a destination:
+// Decide denies them, and relay refuses to dial or send to them.
+func Unspecified(a netip.Addr) bool {
+	a = a.Unmap()
+	if a.Is4() {
+		return a.As4()[0] == 0
+	}
+	return a.IsUnspecified()
+}
+
+// reasonUnspecified is the Reason of a destination that Unspecified
+// refuses.
+const reasonUnspecified = "unspecified destination address: it reaches this host"
 
 // Permitted reports whether d lets the request through.
 func (d *Decision) Permitted() bool { return d.Action == grammar.Permit }

@@ -230,6 +230,9 @@ func (c *compiler) hops(ch grammar.Chain) []Hop {
 	out := make([]Hop, len(ch.Hops))
 	for i, gh := range ch.Hops {
 		h := Hop{Proto: gh.Proto, Host: gh.Host, Port: gh.Port}
+		if a, err := netip.ParseAddr(h.Host); err == nil && Unspecified(a) {
+			c.errs.Add(gh.Pos, "next hop %s is an unspecified address: it would reach this host; name the hop's own address", h.Host)
+		}
 		if h.Port == 0 {
 			h.Port = c.defaultPort(h.Proto)
 		}

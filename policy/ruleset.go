@@ -139,8 +139,12 @@ func (rs *Ruleset) Decide(ctx context.Context, q Query) Decision {
 	if q.AnyDestination {
 		return rs.decideOne(ctx, &q, netip.Addr{})
 	}
-	if q.Command == Connect && q.DstName == "" && (!q.Dst.IsValid() || q.Dst.Unmap().IsUnspecified()) {
-		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "connect to an unspecified address"}
+	// A destination address in 0.0.0.0/8 or :: is this host; one given
+	// by name is refused per address below. A BIND naming 0.0.0.0 or ::
+	// names no peer (RFC 1928: a client that does not know it): its peer
+	// is judged when it connects.
+	if q.DstName == "" && q.Command != Bind && (!q.Dst.IsValid() || Unspecified(q.Dst)) {
+		return Decision{Action: grammar.Deny, Reply: Rejected, Reason: reasonUnspecified}
 	}
 	if q.DstName != "" && q.Resolve != nil {
 		// Routing (srelay's second stage) and per-address evaluation may
@@ -203,8 +207,11 @@ func (rs *Ruleset) access(ctx context.Context, q *Query, resolve bool) Decision 
 	verdicts := make([]AddrVerdict, len(addrs))
 	var permitted []netip.Addr
 	for i, a := range addrs {
-		d := rs.decideOne(ctx, q, a)
-		verdicts[i] = AddrVerdict{Addr: a, Action: d.Action, Rule: d.Rule}
+		d := Decision{Action: grammar.Deny, Reply: Rejected, Reason: reasonUnspecified, User: q.User}
+		if !Unspecified(a) {
+			d = rs.decideOne(ctx, q, a)
+		}
+		verdicts[i] = AddrVerdict{Addr: a, Action: d.Action, Rule: d.Rule, Reason: d.Reason}
 		if i == 0 {
 			first = d
 		}

@@ -70,6 +70,7 @@ type conn struct {
 	reply     int
 	up, down  int64
 	dgrams    [3]int64 // UDP datagrams up, down, dropped
+	dropWhy   string   // the dropped ones by reason: "denied:2 unspecified:1"
 	err       error
 	warn      bool
 }
@@ -603,6 +604,9 @@ func (c *conn) log() {
 			slog.Int64("dgrams_up", c.dgrams[0]),
 			slog.Int64("dgrams_down", c.dgrams[1]),
 			slog.Int64("dgrams_dropped", c.dgrams[2]))
+		if c.dropWhy != "" {
+			attrs = append(attrs, slog.String("dropped", c.dropWhy))
+		}
 	}
 	attrs = append(attrs,
 		slog.Duration("dur", time.Since(c.start).Round(time.Microsecond)),

@@ -28,6 +28,12 @@ func (s *Server) dialDirect(ctx context.Context, in *policy.Interfaces, addrs []
 	d := s.dialer()
 	var first error
 	for i, a := range addrs {
+		if policy.Unspecified(a) { // the Decider must not permit one; never dial it
+			if first == nil {
+				first = fmt.Errorf("connect %s: %w", a, errUnspecified)
+			}
+			continue
+		}
 		dd := d
 		if in != nil {
 			src, _, ok := in.Source(a)
@@ -61,6 +67,8 @@ func (s *Server) dialDirect(ctx context.Context, in *policy.Interfaces, addrs []
 func replyForCause(err error) byte {
 	var dnsErr *net.DNSError
 	switch {
+	case errors.Is(err, errUnspecified):
+		return wire.RepNotAllowed
 	case errors.Is(err, errNoInterface):
 		return wire.RepGeneralFailure // socks.conf(5), SOCKD.ROUTE
 	case errors.Is(err, syscall.ECONNREFUSED):

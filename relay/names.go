@@ -3,10 +3,14 @@ package relay
 import (
 	"bufio"
 	"context"
+	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/sockd-ng/sockd/policy"
 )
 
 // LookupAddrs resolves a destination name with r, IPv4-mapped addresses
@@ -17,6 +21,38 @@ func LookupAddrs(ctx context.Context, r Resolver, name string) ([]netip.Addr, er
 		addrs[i] = addrs[i].Unmap()
 	}
 	return addrs, err
+}
+
+// errUnspecified is a destination or next hop that is, or resolves only
+// to, unspecified addresses (policy.Unspecified): this host.
+var errUnspecified = errors.New("unspecified address: it reaches this host")
+
+// hopResolver resolves next-hop names, leaving out the unspecified
+// addresses a name may resolve to: a hop named so would be this host. A
+// name with no other address is an error wrapping errUnspecified. Policy
+// judges destinations' addresses itself (policy.Unspecified); hops are
+// not destinations it sees.
+type hopResolver struct{ r Resolver }
+
+func (h hopResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	addrs, err := h.r.LookupNetIP(ctx, network, host)
+	if err != nil {
+		return nil, err
+	}
+	kept := addrs[:0]
+	for _, a := range addrs {
+		if !policy.Unspecified(a) {
+			kept = append(kept, a)
+		}
+	}
+	if len(kept) == 0 && len(addrs) > 0 {
+		return nil, fmt.Errorf("next hop %s: %w", host, errUnspecified)
+	}
+	return kept, nil
+}
+
+func (h hopResolver) LookupAddr(ctx context.Context, addr string) ([]string, error) {
+	return h.r.LookupAddr(ctx, addr)
 }
 
 // LookupConfirmed returns the forward-confirmed reverse name of a: a PTR

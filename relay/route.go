@@ -109,8 +109,10 @@ func (c *conn) eachChain(ctx context.Context, d *policy.Decision, do func(contex
 		if first == nil {
 			first = err
 		}
-		if !client.Retryable(err) || ctx.Err() != nil {
-			return key, err // a definite refusal is final, as in legacy
+		// A definite refusal is final, as in legacy; a hop whose name
+		// means this host is left for the next.
+		if !client.Retryable(err) && !errors.Is(err, errUnspecified) || ctx.Err() != nil {
+			return key, err
 		}
 		c.s.backoff.fail(key)
 		c.s.logger().Warn("next hop failed; trying the next", "id", c.id, "via", key, "err", err)
@@ -163,7 +165,7 @@ func (c *conn) chainDialer(ctx context.Context, d *policy.Decision, chain []poli
 	if d.Interfaces != nil {
 		// sockd.route picks the source by the address dialed: the first
 		// hop's.
-		addrs, err := LookupAddrs(ctx, c.s.resolver(), chain[0].Host)
+		addrs, err := LookupAddrs(ctx, c.s.hops, chain[0].Host)
 		if err != nil || len(addrs) == 0 {
 			return nil, fmt.Errorf("resolve next hop %s: %w", chain[0].Host, err)
 		}
@@ -176,7 +178,7 @@ func (c *conn) chainDialer(ctx context.Context, d *policy.Decision, chain []poli
 		f.LocalAddr = &net.TCPAddr{IP: src.AsSlice()}
 		fwd = &f
 	}
-	return &client.Dialer{Hops: hops, Forward: fwd, Resolver: c.s.resolver()}, nil
+	return &client.Dialer{Hops: hops, Forward: fwd, Resolver: c.s.hops}, nil
 }
 
 func chainString(chain []policy.Hop) string {

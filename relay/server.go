@@ -109,6 +109,7 @@ type Server struct {
 	// dstName is the method value s.confirmedName, made once.
 	dstName func(context.Context, netip.Addr) string
 	resolve func(context.Context, string) ([]netip.Addr, error)
+	hops    Resolver // a hopResolver: resolves next-hop names
 	dial    *net.Dialer
 }
 
@@ -122,6 +123,7 @@ func (s *Server) init() {
 		s.pipes.max = 32
 		s.dstName = s.confirmedName
 		s.resolve = s.lookup
+		s.hops = hopResolver{s.resolver()}
 		s.dial = s.Dialer
 		if s.dial == nil {
 			s.dial = defaultDialer()

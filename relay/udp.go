@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -58,11 +59,66 @@ type assoc struct {
 	hops    map[string]*hopAssoc        // by the route's server list
 	hopWait map[string]time.Time        // server lists whose hops all failed, until then
 
-	up, down, dgUp, dgDown, dropped atomic.Int64
+	up, down, dgUp, dgDown atomic.Int64
+	dropped                drops
+}
+
+// DropReason says why a UDP datagram was dropped.
+type DropReason uint8
+
+const (
+	DropSource      DropReason = iota // not from the association's client
+	DropMalformed                     // a bad header, or a fragment (FRAG != 0)
+	DropDenied                        // its destination is denied by the rules
+	DropUnspecified                   // its destination is, or resolves only to, 0.0.0.0/8 or ::
+	DropNoRoute                       // no sockd.route line, or no all-SOCKS5 alternative, for it
+	DropHopDown                       // no association with its next hops could be had
+	DropUnsolicited                   // a reply from a remote the client has not sent to
+	DropSendFailed                    // the socket would not send it
+	NumDropReasons
+)
+
+var dropNames = [NumDropReasons]string{"source", "malformed", "denied", "unspecified", "no_route", "hop_down", "unsolicited", "send_failed"}
+
+func (r DropReason) String() string {
+	if r < NumDropReasons {
+		return dropNames[r]
+	}
+	return "unknown"
+}
+
+// drops counts dropped datagrams by reason.
+type drops [NumDropReasons]atomic.Int64
+
+func (d *drops) add(r DropReason) { d[r].Add(1) }
+
+// total and String sum and list the counts, for the session log line:
+// "unspecified:3 denied:1".
+func (d *drops) total() (n int64) {
+	for i := range d {
+		n += d[i].Load()
+	}
+	return n
+}
+
+func (d *drops) String() string {
+	var b []byte
+	for i := range d {
+		if n := d[i].Load(); n > 0 {
+			if len(b) > 0 {
+				b = append(b, ' ')
+			}
+			b = append(b, dropNames[i]...)
+			b = append(b, ':')
+			b = strconv.AppendInt(b, n, 10)
+		}
+	}
+	return string(b)
 }
 
 type udpDecision struct {
 	ok     bool
+	why    DropReason     // when not ok
 	to     netip.AddrPort // direct: the address to send to
 	src    netip.Addr     // direct: the local address to send from (sockd.route), or none
 	chains [][]policy.Hop // via next hops: the alternatives that carry datagrams
@@ -126,7 +182,8 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 	a.close()
 	a.wg.Wait()
 	c.up, c.down = a.up.Load(), a.down.Load()
-	c.dgrams = [3]int64{a.dgUp.Load(), a.dgDown.Load(), a.dropped.Load()}
+	c.dgrams = [3]int64{a.dgUp.Load(), a.dgDown.Load(), a.dropped.total()}
+	c.dropWhy = a.dropped.String()
 	return err
 }
 
@@ -181,12 +238,12 @@ func (a *assoc) fromClient() {
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		if src.Addr() != clientIP || a.from.Port() != 0 && src.Port() != a.from.Port() {
-			a.dropped.Add(1) // not from the control connection's client
+			a.dropped.add(DropSource)
 			continue
 		}
 		h, hl, err := wire.ParseUDPHeader(buf[:n])
 		if err != nil || h.Frag != 0 {
-			a.dropped.Add(1) // malformed, or a fragment: not supported
+			a.dropped.add(DropMalformed) // fragments are not supported
 			continue
 		}
 		a.peer.Store(&src)
@@ -195,24 +252,28 @@ func (a *assoc) fromClient() {
 		}
 		d := a.decide(h.Addr)
 		if !d.ok {
-			a.dropped.Add(1)
+			a.dropped.add(d.why)
 			continue
 		}
 		payload := buf[hl:n]
 		if d.chains != nil {
 			if !a.viaHop(d, h.Addr, payload) {
-				a.dropped.Add(1)
+				a.dropped.add(DropHopDown)
 			}
+			continue
+		}
+		if policy.Unspecified(d.to.Addr()) { // the Decider must not permit one; never send there
+			a.dropped.add(DropUnspecified)
 			continue
 		}
 		out := a.remoteFor(d.src)
 		if out == nil {
-			a.dropped.Add(1)
+			a.dropped.add(DropSendFailed)
 			continue
 		}
 		a.remember(d.to)
 		if _, err := out.WriteToUDPAddrPort(payload, d.to); err != nil {
-			a.dropped.Add(1)
+			a.dropped.add(DropSendFailed)
 			continue
 		}
 		a.act.touch()
@@ -282,25 +343,25 @@ func (a *assoc) fromRemotes(sock *net.UDPConn, hop *client.Association) {
 		if hop == nil {
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 			if !a.sentToOK(from) {
-				a.dropped.Add(1)
+				a.dropped.add(DropUnsolicited)
 				continue
 			}
 			remote = wire.Addr{IP: from.Addr(), Port: from.Port()}
 		} else {
 			var ok bool
 			if remote, payload, ok = unwrap(payload, hop.Layers()); !ok {
-				a.dropped.Add(1)
+				a.dropped.add(DropMalformed)
 				continue
 			}
 		}
 		peer := a.peer.Load()
 		if peer == nil {
-			a.dropped.Add(1)
+			a.dropped.add(DropUnsolicited) // the client has sent nothing yet
 			continue
 		}
 		out = append(wire.AppendUDPHeader(out[:0], remote), payload...)
 		if _, err := a.client.WriteToUDPAddrPort(out, *peer); err != nil {
-			a.dropped.Add(1)
+			a.dropped.add(DropSendFailed)
 			continue
 		}
 		a.act.touch()
@@ -337,7 +398,11 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 		Ident: c.ident, ClientName: c.clientNameOnce, DstAddrName: c.s.dstName, Resolve: c.s.resolve,
 	}
 	pd := c.s.Decider.Decide(ctx, q)
-	d = &udpDecision{ok: pd.Action == grammar.Permit}
+	d = &udpDecision{ok: pd.Action == grammar.Permit, why: DropDenied}
+	if !d.ok && unspecifiedOnly(&pd, dst) {
+		d.why = DropUnspecified
+		c.s.logger().Debug("udp destination refused", "id", c.id, "dst", dst, "reason", pd.Reason)
+	}
 	if d.ok {
 		c.rule, c.route = pd.Rule, pd.Route.Rule // the log line names the last permitting rules
 	}
@@ -352,7 +417,7 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 				d.chains = append(d.chains, ch) // datagrams cross SOCKS5 hops only
 			}
 		}
-		d.ok, d.list, d.in = d.chains != nil, pd.Route.String(), pd.Interfaces
+		d.ok, d.list, d.in, d.why = d.chains != nil, pd.Route.String(), pd.Interfaces, DropNoRoute
 		if !d.ok {
 			c.s.logger().Warn("udp destination dropped: no alternative of its route is all SOCKS5",
 				"id", c.id, "dst", dst, "route", d.list)
@@ -362,7 +427,7 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 		if !pd.Resolved {
 			addrs = []netip.Addr{dst.IP}
 		}
-		d.ok = false
+		d.ok, d.why = false, DropNoRoute
 		for _, ip := range addrs { // the first permitted address sockd.route covers
 			if src, _, ok := pd.Interfaces.Source(ip); ok {
 				d.ok, d.to, d.src = true, netip.AddrPortFrom(ip, dst.Port), src
@@ -459,6 +524,20 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 		conn.Close()
 	}()
 	return h
+}
+
+// unspecifiedOnly reports whether a refused destination is, or resolves
+// only to, unspecified addresses.
+func unspecifiedOnly(pd *policy.Decision, dst wire.Addr) bool {
+	if !pd.Resolved {
+		return dst.IP.IsValid() && policy.Unspecified(dst.IP)
+	}
+	for _, v := range pd.PerAddr {
+		if !policy.Unspecified(v.Addr) {
+			return false
+		}
+	}
+	return len(pd.PerAddr) > 0
 }
 
 // allSOCKS5 reports whether every hop of a chain speaks SOCKS5, so that

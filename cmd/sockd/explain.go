@@ -74,8 +74,14 @@ func explain(name string, args []string, stdout, stderr io.Writer) int {
 	defer cancel()
 	d := c.rules.Decide(ctx, q)
 	fmt.Fprintf(stdout, "%s %s reply %d\n", d.Action, ruleOrDefault(d.Rule), d.Reply)
+	if q.DstName == "" && q.Command != policy.Bind && policy.Unspecified(q.Dst) {
+		fmt.Fprintf(stdout, "# %s is an unspecified address: it reaches this host, so it is never a destination\n", q.Dst)
+	}
 	for _, v := range d.PerAddr {
 		fmt.Fprintf(stdout, "address %s %s %s\n", v.Addr, v.Action, ruleOrDefault(v.Rule))
+		if policy.Unspecified(v.Addr) {
+			fmt.Fprintf(stdout, "# %s is an unspecified address: it reaches this host, so it is never a destination\n", v.Addr)
+		}
 	}
 	if d.Resolved && d.ResolveErr != nil {
 		fmt.Fprintf(stdout, "# %s does not resolve: %v\n", q.DstName, d.ResolveErr)
