@@ -103,7 +103,6 @@ func (c *conn) abort() {
 func (c *conn) serve() {
 	c.reply = -1
 	c.local = addrPortOf(c.c.LocalAddr())
-	c.remote = addrPortOf(c.c.RemoteAddr())
 	c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
 	c.c.SetDeadline(time.Now().Add(c.s.handshakeTimeout()))
 	err := c.handshake()

@@ -93,6 +93,13 @@ type Server struct {
 	// MaxSessions caps concurrent sessions; beyond it new clients are
 	// refused (SOCKS4 91, SOCKS5 REP 1). 0 means no cap.
 	MaxSessions int
+	// MaxClientSessions caps the sessions of one client address, relayed
+	// or still in handshake: a connection beyond it is closed as soon as
+	// it is accepted, so that one address cannot take the whole pool (or
+	// every file descriptor) from the others. One log line says when a
+	// client reaches its cap; the next comes only after it fell below.
+	// 0 means no cap.
+	MaxClientSessions int
 
 	nextID   atomic.Uint64
 	backoff  backoff
@@ -104,6 +111,7 @@ type Server struct {
 	mu       sync.Mutex
 	lns      map[net.Listener]struct{}
 	conns    map[*conn]struct{}
+	clients  map[netip.Addr]clientCount // with MaxClientSessions
 	closing  bool
 	wg       sync.WaitGroup
 	// dstName is the method value s.confirmedName, made once.
@@ -120,6 +128,7 @@ func (s *Server) init() {
 	s.initOnce.Do(func() {
 		s.lns = map[net.Listener]struct{}{}
 		s.conns = map[*conn]struct{}{}
+		s.clients = map[netip.Addr]clientCount{}
 		s.pipes.max = 32
 		s.dstName = s.confirmedName
 		s.resolve = s.lookup
@@ -217,19 +226,44 @@ func (s *Server) ServeConn(c net.Conn) {
 	}
 }
 
+// clientCount is one client address's sessions, and whether it has been
+// refused since it last had fewer than its cap.
+type clientCount struct {
+	n        int
+	refusing bool
+}
+
 // newConn registers c as a session, or closes it if the server is shutting
-// down.
+// down or its client is at its cap.
 func (s *Server) newConn(c net.Conn) *conn {
-	sc := &conn{s: s, c: c, id: s.nextID.Add(1), start: time.Now()}
-	n := s.active.Add(1)
-	sc.overCap = s.MaxSessions > 0 && n > int64(s.MaxSessions)
+	remote := addrPortOf(c.RemoteAddr())
+	max := s.MaxClientSessions
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
-		s.active.Add(-1)
 		c.Close()
 		return nil
 	}
+	if max > 0 {
+		cc := s.clients[remote.Addr()]
+		if cc.n >= max {
+			first := !cc.refusing
+			cc.refusing = true
+			s.clients[remote.Addr()] = cc
+			s.mu.Unlock()
+			c.Close()
+			if first {
+				s.logger().Warn("client at its session cap: its new connections are closed until it has fewer",
+					"client", remote.Addr().String(), "sessions", cc.n, "max_client_sessions", max)
+			}
+			return nil
+		}
+		cc.n++
+		s.clients[remote.Addr()] = cc
+	}
+	sc := &conn{s: s, c: c, id: s.nextID.Add(1), start: time.Now(), remote: remote}
+	n := s.active.Add(1)
+	sc.overCap = s.MaxSessions > 0 && n > int64(s.MaxSessions)
 	s.conns[sc] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
@@ -239,6 +273,16 @@ func (s *Server) newConn(c net.Conn) *conn {
 func (s *Server) doneConn(sc *conn) {
 	s.mu.Lock()
 	delete(s.conns, sc)
+	if s.MaxClientSessions > 0 {
+		a := sc.remote.Addr()
+		if cc := s.clients[a]; cc.n <= 1 {
+			delete(s.clients, a)
+		} else {
+			cc.n--
+			cc.refusing = cc.refusing && cc.n >= s.MaxClientSessions
+			s.clients[a] = cc
+		}
+	}
 	s.mu.Unlock()
 	s.active.Add(-1)
 	s.wg.Done()

@@ -391,6 +391,80 @@ func TestMaxSessions(t *testing.T) {
 	roundTrip(t, srv.Addr, echo)
 }
 
+// One client address at its cap (here in stalled handshakes, the cheapest
+// attack) has its further connections closed at once, with one log line
+// per burst of refusals, while another address is served as usual; below
+// its cap again, it is served too.
+func TestMaxClientSessions(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := relaytest.Echo(t)
+	srv := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.MaxClientSessions = 3
+		s.HandshakeTimeout = time.Minute // the stalled ones stay
+	})
+	var stalled []net.Conn
+	for range 3 {
+		stalled = append(stalled, dial(t, srv.Addr, "127.0.0.2"))
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for srv.Sessions() < 3 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// A bounded burst of refused connections from the capped address, all
+	// along the sessions of the other.
+	done := make(chan int)
+	go func() {
+		refused := 0
+		for range 50 {
+			c, err := net.DialTCP("tcp", &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}, net.TCPAddrFromAddrPort(netip.MustParseAddrPort(srv.Addr)))
+			if err != nil {
+				continue
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second)) // far below the handshake limit
+			c.Write([]byte{5, 1, 0})
+			if n, err := c.Read(make([]byte, 2)); n == 0 && (errors.Is(err, io.EOF) || isReset(err)) {
+				refused++
+			}
+			c.Close()
+		}
+		done <- refused
+	}()
+	for range 20 { // one at a time: the server may not have ended the last yet
+		c := dial(t, srv.Addr, "127.0.0.3")
+		c.Write(append([]byte{5, 1, 0}, socks5Connect(echo)...))
+		expect(t, c, []byte{5, 0, 5, 0, 0, 1})
+		io.ReadFull(c, make([]byte, 6))
+		c.Write([]byte("ping"))
+		expect(t, c, []byte("ping"))
+		c.Close()
+	}
+	if n := <-done; n != 50 {
+		t.Errorf("%d of 50 connections over the cap closed at once", n)
+	}
+	if n := strings.Count(srv.Log.String(), "client at its session cap"); n != 1 {
+		t.Errorf("%d log lines for one burst of refusals, want 1:\n%s", n, srv.Log)
+	}
+	srv.Log.WaitFor(t, "client at its session cap", "client=127.0.0.2", "sessions=3", "max_client_sessions=3")
+	// Below the cap again, the address is served; at it again, a new
+	// burst has its line.
+	stalled[0].Close()
+	deadline = time.Now().Add(5 * time.Second)
+	for srv.Sessions() > 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c := dial(t, srv.Addr, "127.0.0.2")
+	c.Write(append([]byte{5, 1, 0}, socks5Connect(echo)...))
+	expect(t, c, []byte{5, 0, 5, 0, 0, 1})
+	expectClosed(t, dial(t, srv.Addr, "127.0.0.2"))
+	deadline = time.Now().Add(5 * time.Second)
+	for strings.Count(srv.Log.String(), "client at its session cap") < 2 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := strings.Count(srv.Log.String(), "client at its session cap"); n != 2 {
+		t.Errorf("%d log lines after a second burst, want 2", n)
+	}
+}
+
 // Outbound failures get the REP of their cause (SOCKS5) or 91 (SOCKS4).
 func TestConnectFailures(t *testing.T) {
 	relaytest.CheckLeaks(t)

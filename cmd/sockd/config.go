@@ -6,10 +6,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"hash"
 	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync/atomic"
 
@@ -25,50 +27,49 @@ import (
 type config struct {
 	rules     *policy.Ruleset
 	passwords *passwords // nil without -passwd
-	// files are every file in use, for watching; sum is a hash of their
-	// contents, for "which config is in force".
+	// files are every file the load read (or tried to), in name order, for
+	// watching; fp fingerprints exactly what it read (see fingerprint),
+	// and sum, its first 12 hex digits, says which config is in force.
 	files []string
+	fp    [32]byte
 	sum   string
+	// empty and unterminated name the files read with no bytes, and with
+	// bytes after their last newline: what a write in progress looks like.
+	empty, unterminated []string
 }
 
 // load reads and compiles every configured file. Errors are a
 // grammar.ErrorList (FILE:LINE:COL each) or a plain error for a file that
-// cannot be read.
+// cannot be read. The config it returns names the files read and their
+// fingerprint even with an error, so that a reload can tell whether a
+// broken file is still being written.
 func load(o *options) (*config, error) {
-	h := sha256.New()
-	files := []string{o.config}
-	src, err := os.ReadFile(o.config)
-	if err != nil {
-		return nil, err
-	}
-	h.Write(src)
-	var errs grammar.ErrorList
+	rd := &readSet{}
 	c := &config{}
+	err := c.load(o, rd)
+	c.files, c.fp, c.empty, c.unterminated = rd.result()
+	c.sum = hex.EncodeToString(c.fp[:])[:12]
+	return c, err
+}
+
+func (c *config) load(o *options, rd *readSet) error {
+	src, err := rd.read(o.config)
+	if err != nil {
+		return err
+	}
+	var errs grammar.ErrorList
 	f, err := grammar.ParseSockd(o.config, bytes.NewReader(src))
 	errs = append(errs, grammar.Errors(err)...)
 	opt := policy.Options{
-		FS:            hashingFS{fs: os.DirFS("/"), h: h},
+		FS:            readSetFS{rd},
 		Ident:         o.identMode(),
 		InvertedMasks: o.invertedMasks,
 		DefaultServer: o.socksServer,
 	}
-	// Each routing file is read, hashed and parsed; errors of all files are
+	// Each routing file is read and parsed; errors of all files are
 	// reported together.
-	readParse := func(path string, parse func(string, *bytes.Reader) error) error {
-		if path == "" {
-			return nil
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		files = append(files, path)
-		h.Write(b)
-		errs = append(errs, grammar.Errors(parse(path, bytes.NewReader(b)))...)
-		return nil
-	}
 	if o.routes != "" && o.srelayConf != "" {
-		return nil, fmt.Errorf("give -routes or -srelay-conf, not both")
+		return fmt.Errorf("give -routes or -srelay-conf, not both")
 	}
 	for _, rf := range []struct {
 		path  string
@@ -85,57 +86,110 @@ func load(o *options) (*config, error) {
 			return
 		}},
 	} {
-		if err := readParse(rf.path, rf.parse); err != nil {
-			return nil, err
+		if rf.path == "" {
+			continue
 		}
+		b, err := rd.read(rf.path)
+		if err != nil {
+			return err
+		}
+		errs = append(errs, grammar.Errors(rf.parse(rf.path, bytes.NewReader(b)))...)
 	}
 	if len(errs) == 0 {
 		c.rules, err = policy.Compile(f, opt)
 		if err != nil {
 			if errs = grammar.Errors(err); len(errs) == 0 {
-				return nil, err
+				return err
 			}
 		}
 	}
-	if c.rules != nil {
-		files = append(files, c.rules.Files()...)
-	}
 	if o.passwd != "" {
-		files = append(files, o.passwd)
-		b, err := os.ReadFile(o.passwd)
+		b, err := rd.read(o.passwd)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		h.Write(b)
 		pw, perrs := parsePasswords(o.passwd, b)
 		errs = append(errs, perrs...)
 		c.passwords = pw
 	}
-	if err := errs.Err(); err != nil {
-		return nil, err
-	}
-	c.files = files
-	c.sum = hex.EncodeToString(h.Sum(nil))[:12]
-	return c, nil
+	return errs.Err()
 }
 
-// hashingFS is an fs.FS that adds what it reads to a hash, so that the
-// user files count in the configuration's checksum.
-type hashingFS struct {
-	fs fs.FS
-	h  interface{ Write([]byte) (int, error) }
+// readSet reads the files of one load and remembers what it read, so that
+// the load can be fingerprinted exactly (the same fingerprint as
+// fingerprint gives for the same contents on disk).
+type readSet struct {
+	files map[string]fileRead
 }
 
-func (h hashingFS) Open(name string) (fs.File, error) { return h.fs.Open(name) }
+type fileRead struct {
+	b   []byte
+	err error
+}
 
-func (h hashingFS) ReadFile(name string) ([]byte, error) {
-	b, err := fs.ReadFile(h.fs, name)
-	if err == nil {
-		h.h.Write([]byte(name))
-		h.h.Write(b)
+func (rd *readSet) read(path string) ([]byte, error) {
+	b, err := os.ReadFile(path)
+	if rd.files == nil {
+		rd.files = map[string]fileRead{}
 	}
+	rd.files[path] = fileRead{b, err}
 	return b, err
 }
+
+// result lists the files read, in name order, with their fingerprint, and
+// those that were empty or unterminated.
+func (rd *readSet) result() (files []string, fp [32]byte, empty, unterminated []string) {
+	for f := range rd.files {
+		files = append(files, f)
+	}
+	sort.Strings(files)
+	h := sha256.New()
+	for _, f := range files {
+		r := rd.files[f]
+		fileprint(h, f, r.b, r.err)
+		switch {
+		case r.err != nil:
+		case len(r.b) == 0:
+			empty = append(empty, f)
+		case r.b[len(r.b)-1] != '\n':
+			unterminated = append(unterminated, f)
+		}
+	}
+	h.Sum(fp[:0])
+	return files, fp, empty, unterminated
+}
+
+// fingerprint hashes the contents of files (in name order, as a load
+// lists them), following symlinks; a file that cannot be read counts by
+// its error.
+func fingerprint(files []string) [32]byte {
+	h := sha256.New()
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		fileprint(h, f, b, err)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
+}
+
+func fileprint(h hash.Hash, name string, b []byte, err error) {
+	h.Write([]byte(name + "\x00"))
+	if err != nil {
+		h.Write([]byte("\x01" + err.Error()))
+	} else {
+		h.Write(b)
+	}
+	h.Write([]byte{0})
+}
+
+// readSetFS is the fs.FS policy reads user files through (rooted at /):
+// they count in the load's fingerprint.
+type readSetFS struct{ rd *readSet }
+
+func (r readSetFS) Open(name string) (fs.File, error) { return os.DirFS("/").Open(name) }
+
+func (r readSetFS) ReadFile(name string) ([]byte, error) { return r.rd.read("/" + name) }
 
 // systems are the password hashes accepted: those htpasswd writes, except
 // plain text and crypt(3) DES, which are refused as unsafe.

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/sockd-ng/sockd/grammar"
@@ -39,6 +40,8 @@ type options struct {
 	idleTimeout      time.Duration
 	grace            time.Duration
 	maxSessions      int
+	maxClient        int
+	reloadSettle     time.Duration
 	commandTimeout   time.Duration
 	maxCommands      int
 
@@ -89,11 +92,32 @@ func (o *options) serveFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.udpTimeout, "udp-timeout", 0, "end UDP associations idle this long (default -idle-timeout, else 5m)")
 	fs.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGTERM, time sessions get to finish")
 	fs.IntVar(&o.maxSessions, "max-sessions", 0, "cap on concurrent sessions (0: none)")
+	fs.IntVar(&o.maxClient, "max-client-sessions", -1, "cap on the sessions of one client address (0: none; default a tenth of -max-sessions, or of the sessions the open-file limit allows, at least 8)")
+	fs.DurationVar(&o.reloadSettle, "reload-settle", 1500*time.Millisecond, "a changed file is applied once its content has not changed for this long")
 	fs.DurationVar(&o.commandTimeout, "command-timeout", 30*time.Second, "time limit of a rule's shell command")
 	fs.IntVar(&o.maxCommands, "max-commands", 8, "shell commands running at once; more are skipped")
 	fs.StringVar(&o.logLevel, "log-level", "info", "`level`: debug, info, warn or error")
 	fs.StringVar(&o.logFormat, "log-format", "text", "log `format`: text or json")
 	fs.BoolVar(&o.ver, "ver", false, "print the version and exit (legacy)")
+}
+
+// maxClientSessions is -max-client-sessions, or its default: a tenth of
+// the session pool — -max-sessions, else what the open-file limit allows
+// at two descriptors a session (pool(), with a few kept for the server's
+// own files) — and at least 8.
+func (o *options) maxClientSessions() int {
+	if o.maxClient >= 0 {
+		return o.maxClient
+	}
+	pool := o.maxSessions
+	if pool <= 0 {
+		var rl syscall.Rlimit
+		if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<30 {
+			return 0 // no limit known, or none worth the name
+		}
+		pool = (int(rl.Cur) - 64) / 2
+	}
+	return max(pool/10, 8)
 }
 
 // identMode is the global ident mode from -i and -I.

@@ -66,12 +66,24 @@ var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
 // SIGTERM when the test ends.
 func startSockd(t *testing.T, args ...string) *sockdProc {
 	t.Helper()
+	return startBinary(t, "", args...)
+}
+
+// startBinary is startSockd running the sockd binary at bin instead of
+// this test binary (which may be built with the race detector); "" means
+// this test binary.
+func startBinary(t *testing.T, bin string, args ...string) *sockdProc {
+	t.Helper()
 	want := strings.Count(strings.Join(args, " "), "-listen")
 	if want == 0 {
 		args = append(args, "-listen", "127.0.0.1:0")
 		want = 1
 	}
-	p := &sockdProc{cmd: command(args...), log: &relaytest.LogBuffer{}, done: make(chan struct{})}
+	cmd := command(args...)
+	if bin != "" {
+		cmd = exec.Command(bin, args...)
+	}
+	p := &sockdProc{cmd: cmd, log: &relaytest.LogBuffer{}, done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -35,9 +37,12 @@ type daemon struct {
 	srv       *relay.Server
 	watch     *watcher
 
-	cur        *config  // in force
-	curFP      [32]byte // fingerprint of cur's files, when loaded
-	rejected   string   // the errors that kept cur, "" when none
+	cur        *config     // in force
+	seen       *config     // the files as the last look found them: in force, rejected or settling
+	settling   time.Time   // since when seen's files have held what they hold, while they settle
+	settleWhy  string      // what started the settling
+	settle     *time.Timer // fires when seen has had time to settle
+	rejected   string      // the errors that kept cur, "" when none
 	reloadedAt time.Time
 }
 
@@ -139,15 +144,16 @@ func (d *daemon) start() error {
 			r, err := ic.Lookup(ctx, local, remote)
 			return r.User, err
 		},
-		Auth:             auth,
-		Passwords:        &d.passwords,
-		Hooks:            &relay.Hooks{Logger: d.log, Timeout: d.o.commandTimeout, Max: d.o.maxCommands},
-		HandshakeTimeout: d.o.handshakeTimeout,
-		ConnectTimeout:   d.o.connectTimeout,
-		BindTimeout:      d.o.bindTimeout,
-		UDPTimeout:       d.o.udpTimeout,
-		IdleTimeout:      d.o.idleTimeout,
-		MaxSessions:      d.o.maxSessions,
+		Auth:              auth,
+		Passwords:         &d.passwords,
+		Hooks:             &relay.Hooks{Logger: d.log, Timeout: d.o.commandTimeout, Max: d.o.maxCommands},
+		HandshakeTimeout:  d.o.handshakeTimeout,
+		ConnectTimeout:    d.o.connectTimeout,
+		BindTimeout:       d.o.bindTimeout,
+		UDPTimeout:        d.o.udpTimeout,
+		IdleTimeout:       d.o.idleTimeout,
+		MaxSessions:       d.o.maxSessions,
+		MaxClientSessions: d.o.maxClientSessions(),
 	}
 	return nil
 }
@@ -157,28 +163,80 @@ func (d *daemon) install(c *config) {
 	for _, w := range c.rules.Warnings {
 		d.log.Warn("config warning", "warning", w.Error())
 	}
+	if slices.Contains(c.empty, d.o.config) {
+		d.log.Warn("the config file is empty: every request is refused", "file", d.o.config)
+	}
 	d.rules.Store(c.rules)
 	d.passwords.p.Store(c.passwords)
-	d.cur, d.curFP, d.rejected, d.reloadedAt = c, fingerprint(c.files), "", time.Now()
+	d.cur, d.seen, d.rejected, d.reloadedAt = c, c, "", time.Now()
 	if d.watch != nil {
 		d.watch.watch(c.files)
 	}
 }
 
-// reload loads every file again and swaps the result in only if all of it
-// is valid; otherwise the rules in force stay and every error is logged.
-// Sessions in flight keep the rules that admitted them. A reload caused by
-// a file event first compares the contents of the files in use, so that
-// events for other files in the same directories cost nothing.
-func (d *daemon) reload(why string, force bool) {
-	if !force && d.rejected == "" && fingerprint(d.cur.files) == d.curFP {
+// reload is the one path a change of configuration takes: look, settle,
+// read, parse, compile, swap. It loads every file again and swaps the
+// result in only if all of it is valid; otherwise the rules in force stay
+// and every error is logged. Sessions in flight keep the rules that
+// admitted them.
+//
+// A reload from a file event or the poll (now false) applies files only
+// once they have settled: their content unchanged for -reload-settle, so
+// that a writer that pauses mid-file (an editor, a config-management tool,
+// a network file system) is never caught halfway. SIGHUP (now) applies
+// at once, unless a file ends without a newline: a write in progress,
+// which settles first. No trigger ever applies a file that became empty,
+// which is what a truncate before a write looks like. A look first
+// compares the contents of the files last seen, so that events for other
+// files in the same directories cost nothing.
+func (d *daemon) reload(why string, now bool) {
+	if !now && d.settling.IsZero() && fingerprint(d.seen.files) == d.seen.fp {
 		return
 	}
-	d.notify.send(sd.SdNotifyReloading, strings.TrimSuffix(sd.SdNotifyMonotonicUsec(), "\n"), "STATUS=reloading ("+why+")")
-	defer func() { d.notify.send(sd.SdNotifyReady, d.status()) }()
+	// RELOADING=1 ... READY=1 around an attempt to apply, and around
+	// every SIGHUP: systemd waits for the answer to one.
+	reloading := false
+	notify := func() {
+		if !reloading {
+			reloading = true
+			d.notify.send(sd.SdNotifyReloading, strings.TrimSuffix(sd.SdNotifyMonotonicUsec(), "\n"), "STATUS=reloading ("+why+")")
+		}
+	}
+	defer func() {
+		if reloading {
+			d.notify.send(sd.SdNotifyReady, d.status())
+		}
+	}()
+	if now {
+		notify()
+	}
 	c, err := load(&d.o)
+	changed := c.fp != d.seen.fp
+	d.seen = c
+	if c.fp == d.cur.fp {
+		d.settling, d.rejected = time.Time{}, "" // what is in force, again or still
+		return
+	}
+	if !now && !changed && d.settling.IsZero() {
+		return // judged already
+	}
+	if !now || len(c.unterminated) > 0 {
+		if changed || d.settling.IsZero() {
+			d.settling, d.settleWhy = time.Now(), why
+			d.log.Debug("config changed; applying it once it has settled", "why", why, "settle", d.o.reloadSettle, "unterminated", c.unterminated)
+		}
+		if wait := time.Until(d.settling.Add(d.o.reloadSettle)); wait > 0 {
+			d.settle.Reset(wait)
+			return
+		}
+	}
+	d.settling = time.Time{}
+	notify()
+	if err == nil {
+		err = d.newlyEmpty(c)
+	}
 	if err != nil {
-		if msg := err.Error(); msg != d.rejected || force {
+		if msg := err.Error(); msg != d.rejected || now {
 			for _, line := range strings.Split(msg, "\n") {
 				d.log.Error("config reload rejected; keeping the rules in force", "why", why, "err", line, "sha256", d.cur.sum)
 			}
@@ -186,13 +244,28 @@ func (d *daemon) reload(why string, force bool) {
 		}
 		return
 	}
-	if c.sum == d.cur.sum {
-		d.rejected = ""
-		d.curFP = fingerprint(c.files)
-		return
-	}
 	d.install(c)
 	d.log.Info("config reloaded", "why", why, "file", d.o.config, "rules", c.rules.Len(), "sha256", c.sum)
+}
+
+// newlyEmpty refuses a load in which a file is empty that was not empty
+// (or not in use) in the config in force: a truncate before a write.
+func (d *daemon) newlyEmpty(c *config) error {
+	var errs []string
+	for _, f := range c.empty {
+		if slices.Contains(d.cur.empty, f) {
+			continue
+		}
+		how := "write a comment line into it"
+		if f == d.o.config {
+			how = `write "deny ALL 0.0.0.0"`
+		}
+		errs = append(errs, fmt.Sprintf("%s: the file is empty, which is what a write in progress looks like, so it is not applied; to empty it on purpose, %s", f, how))
+	}
+	if errs == nil {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "\n"))
 }
 
 // status is the STATUS= line for systemctl status: live sessions and the
@@ -242,13 +315,16 @@ func (d *daemon) run(lns []net.Listener) int {
 		defer w.close()
 		changed = w.changed
 	}
+	d.settle = time.NewTimer(time.Hour)
+	d.settle.Stop()
+	defer d.settle.Stop()
 	poll := time.NewTicker(30 * time.Second) // NFS, lost events, a deleted directory
 	defer poll.Stop()
 	statusTick := time.NewTicker(10 * time.Second)
 	defer statusTick.Stop()
 	trimTick := time.NewTicker(trimEvery)
 	defer trimTick.Stop()
-	trims := trimmer{accepted: d.srv.Accepted}
+	trims := trimmer{accepted: d.srv.Accepted, sessions: d.srv.Sessions}
 	var watchdogC <-chan time.Time
 	if iv, err := sd.SdWatchdogEnabled(false); err == nil && iv > 0 {
 		t := time.NewTicker(iv / 2)
@@ -259,7 +335,7 @@ func (d *daemon) run(lns []net.Listener) int {
 	errc := make(chan error, len(lns))
 	var wg sync.WaitGroup
 	for _, ln := range lns {
-		d.log.Info("listening", "addr", ln.Addr().String(), "config", d.o.config, "rules", d.cur.rules.Len(), "sha256", d.cur.sum, "version", versionString())
+		d.log.Info("listening", "addr", ln.Addr().String(), "config", d.o.config, "rules", d.cur.rules.Len(), "sha256", d.cur.sum, "max_client_sessions", d.srv.MaxClientSessions, "version", versionString())
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -297,6 +373,8 @@ func (d *daemon) run(lns []net.Listener) int {
 			return 0
 		case <-changed:
 			d.reload("file changed", false)
+		case <-d.settle.C:
+			d.reload(d.settleWhy, false)
 		case <-poll.C:
 			d.reload("poll", false)
 		case <-statusTick.C:

@@ -214,7 +214,7 @@ func TestInetd(t *testing.T) {
 // rename-save, in-place write and symlink swap. No session the rules allow
 // fails, no invalid config is ever in force, sessions opened before still
 // relay after, and each change takes effect for the next session within
-// one second.
+// the settle time (shortened here) and a second.
 func TestReloadUnderLoad(t *testing.T) {
 	echo := relaytest.Echo(t)
 	probe := relaytest.Echo(t) // permitted only by the "b" versions
@@ -228,7 +228,7 @@ func TestReloadUnderLoad(t *testing.T) {
 		"bad": "permit 127.0.0.0/8 127.0.0.1/32 eq " + portOf(echo) + "\npermit 127.0.0.0/8 127.0.0.1/32 eq " + portOf(probe) + "\npermit 10.1 255.0.0.0\n",
 	}
 	os.WriteFile(conf, []byte(versions["a"]), 0o644)
-	p := startSockd(t, "-config", conf)
+	p := startSockd(t, "-config", conf, "-reload-settle", testSettle.String())
 
 	socks := func() (proxy.ContextDialer, error) {
 		d, err := proxy.SOCKS5("tcp", p.addr(), nil, &net.Dialer{Timeout: 5 * time.Second})
@@ -321,16 +321,16 @@ func TestReloadUnderLoad(t *testing.T) {
 			current = v
 		}
 		want := current == "b"
-		// The change is seen within a second; an invalid version changes
-		// nothing.
-		deadline := start.Add(time.Second)
+		// The change is seen within the bound; an invalid version
+		// changes nothing.
+		deadline := start.Add(reloadBound)
 		got := probeAllowed()
 		for got != want && time.Now().Before(deadline) {
 			time.Sleep(20 * time.Millisecond)
 			got = probeAllowed()
 		}
 		if got != want {
-			t.Fatalf("rewrite %d (%s, method %d): probe allowed=%v one second later, want %v", i, v, i%3, got, want)
+			t.Fatalf("rewrite %d (%s, method %d): probe allowed=%v %v later, want %v", i, v, i%3, got, reloadBound, want)
 		}
 		if v == "bad" {
 			// Give the server time to see it, then check it changed nothing.
@@ -371,13 +371,13 @@ func TestReloadOtherFiles(t *testing.T) {
 		t.Fatalf("htpasswd: %v %s", err, out)
 	}
 	conf := writeFile(t, "sockd.conf", "permit *="+users+" 127.0.0.0/8\n")
-	p := startSockd(t, "-config", conf, "-passwd", pw, "-auth", "password,none")
+	p := startSockd(t, "-config", conf, "-passwd", pw, "-auth", "password,none", "-reload-settle", testSettle.String())
 	within := func(what string, ok func() bool) {
 		t.Helper()
-		deadline := time.Now().Add(time.Second)
+		deadline := time.Now().Add(reloadBound)
 		for !ok() {
 			if time.Now().After(deadline) {
-				t.Fatalf("%s: not in force one second after the write\n%s", what, p.log)
+				t.Fatalf("%s: not in force %v after the write\n%s", what, reloadBound, p.log)
 			}
 			time.Sleep(20 * time.Millisecond)
 		}

@@ -1,9 +1,7 @@
 package main
 
 import (
-	"crypto/sha256"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -110,21 +108,3 @@ func (w *watcher) run() {
 }
 
 func (w *watcher) close() { w.w.Close() }
-
-// fingerprint hashes the contents of files, following symlinks; a file
-// that cannot be read counts by its error.
-func fingerprint(files []string) [32]byte {
-	h := sha256.New()
-	for _, f := range files {
-		h.Write([]byte(f + "\x00"))
-		b, err := os.ReadFile(f)
-		if err != nil {
-			h.Write([]byte(err.Error()))
-		}
-		h.Write(b)
-		h.Write([]byte{0})
-	}
-	var sum [32]byte
-	h.Sum(sum[:0])
-	return sum
-}
