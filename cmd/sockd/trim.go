@@ -1,6 +1,7 @@
 package main
 
 import (
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -18,29 +19,33 @@ import (
 // never trims: its collections free the same memory as it goes.
 type trimmer struct {
 	accepted func() uint64 // connections accepted so far
+	sessions func() int    // sessions open now
 	last     uint64        // accepted at the previous check
 	trimmed  uint64        // accepted at the last trim
+	peak     int           // most sessions seen open since the last trim
 }
 
 const (
 	// trimEvery is how often the trimmer looks; a burst is over when a
 	// whole period passes without a new connection.
 	trimEvery = 500 * time.Millisecond
-	// trimBurst is how many connections since the last trim make a burst
-	// worth a collection.
+	// trimBurst is how many connections since the last trim, or how many
+	// sessions ended since then, make a burst worth a collection.
 	trimBurst = 256
 )
 
-// due reports whether the server has gone quiet after a burst, and counts
-// a trim if so.
+// due reports whether the server has gone quiet after a burst — of new
+// sessions, or of sessions ending, such as many stalled handshakes timing
+// out together — and counts a trim if so.
 func (t *trimmer) due() bool {
-	n := t.accepted()
+	n, open := t.accepted(), t.sessions()
 	quiet := n == t.last
 	t.last = n
-	if !quiet || n-t.trimmed < trimBurst {
+	t.peak = max(t.peak, open)
+	if !quiet || n-t.trimmed < trimBurst && t.peak-open < trimBurst {
 		return false
 	}
-	t.trimmed = n
+	t.trimmed, t.peak = n, open
 	return true
 }
 
@@ -52,6 +57,10 @@ func trim(srv *relay.Server) (before, after uint64) {
 		srv.Trim()
 	}
 	before = mappedBytes()
+	// Pooled objects outlive one collection (sync.Pool's victim cache):
+	// the first collection moves them there, FreeOSMemory's frees them
+	// and returns their pages.
+	runtime.GC()
 	debug.FreeOSMemory()
 	return before, mappedBytes()
 }

@@ -17,27 +17,40 @@ import (
 
 func TestTrimmerDue(t *testing.T) {
 	var n uint64
-	tr := trimmer{accepted: func() uint64 { return n }}
+	var open int
+	tr := trimmer{accepted: func() uint64 { return n }, sessions: func() int { return open }}
+	const b = trimBurst
 	steps := []struct {
 		accepted uint64
+		open     int
 		want     bool
 	}{
-		{0, false},               // nothing yet
-		{100, false},             // busy
-		{100, false},             // quiet, but no burst
-		{200, false},             // busy
-		{300, false},             // busy
-		{300, true},              // quiet after 300: trim
-		{300, false},             // still quiet: once is enough
-		{300 + trimBurst, false}, // busy
-		{300 + trimBurst, true},  // quiet after another burst
-		{300 + trimBurst + 1, false},
-		{300 + trimBurst + 1, false}, // one more is no burst
+		{0, 0, false},          // nothing yet
+		{100, 100, false},      // busy
+		{100, 100, false},      // quiet, but no burst
+		{200, 200, false},      // busy
+		{300, 300, false},      // busy
+		{300, 300, true},       // quiet after 300: trim
+		{300, 300, false},      // still quiet: once is enough
+		{300 + b, 300, false},  // busy
+		{300 + b, 300, true},   // quiet after another burst
+		{301 + b, 300, false},  // one more
+		{301 + b, 300, false},  // is no burst
+		{301 + b, 200, false},  // 100 sessions ended: no burst
+		{301 + b, 44, true},    // 256 ended since the trim: a burst of ends
+		{301 + b, 0, false},    // 44 more: no burst
+		{302 + b, 0, false},    // busy
+		{302 + b, 0, false},    // quiet, nothing to return
+		{400 + b, 300, false},  // stalled handshakes arrive
+		{400 + b, 300, false},  // no burst yet: 98 since the last trim
+		{1000 + b, 900, false}, // more
+		{1000 + b, 900, true},  // quiet, all held: trim
+		{1000 + b, 0, true},    // they time out together: trim again
 	}
 	for i, s := range steps {
-		n = s.accepted
+		n, open = s.accepted, s.open
 		if got := tr.due(); got != s.want {
-			t.Errorf("step %d (accepted %d): due = %v, want %v", i, s.accepted, got, s.want)
+			t.Errorf("step %d (accepted %d, open %d): due = %v, want %v", i, s.accepted, s.open, got, s.want)
 		}
 	}
 }
