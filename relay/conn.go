@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -33,9 +34,13 @@ type conn struct {
 	overCap bool
 	done    chan struct{} // closed when the session ends, for ServeConn; may be nil
 
-	// handshake buffer: bytes [r:w] are read but not yet used.
-	buf  *[handshakeBufSize]byte
-	r, w int
+	// handshake buffer: bytes [r:w] are read but not yet used. phase is
+	// where a parked handshake resumes; hsEnd is its time limit.
+	buf   *[handshakeBufSize]byte
+	r, w  int
+	phase phase
+	hsEnd time.Time
+	ps    parkSlot // the client's socket, while the handshake is parked
 
 	local, remote netip.AddrPort
 
@@ -75,27 +80,40 @@ type conn struct {
 	warn      bool
 }
 
-// abort closes both legs, ending the session. A parked half has no
-// goroutine to see that: it is resumed, to finish.
+// phase is how far a SOCKS5 handshake has got: where a parked one
+// resumes. A SOCKS4 request is a single message.
+type phase uint8
+
+const (
+	phaseGreeting phase = iota // SOCKS5: awaiting the greeting; SOCKS4: the request
+	phaseAuth                  // SOCKS5: password method chosen, awaiting RFC 1929
+	phaseRequest               // SOCKS5: awaiting the request
+)
+
+// abort closes both legs, ending the session. A parked half or handshake
+// has no goroutine to see that: it is resumed, to finish.
 func (c *conn) abort() {
 	c.mu.Lock()
 	out, halves := c.out, c.halves
 	c.mu.Unlock()
-	var resume [2]*half
+	var resume [3]parkee
 	if pk := c.s.pk.Load(); pk != nil {
 		for i, h := range halves {
 			if h != nil && pk.unpark(h) {
 				resume[i] = h
 			}
 		}
+		if c.ps.rc != nil && pk.unpark(c) {
+			resume[2] = c
+		}
 	}
 	c.c.Close()
 	if out != nil {
 		out.Close()
 	}
-	for _, h := range resume {
-		if h != nil {
-			go h.run()
+	for _, x := range resume {
+		if x != nil {
+			go x.resume()
 		}
 	}
 }
@@ -104,15 +122,110 @@ func (c *conn) serve() {
 	c.reply = -1
 	c.local = addrPortOf(c.c.LocalAddr())
 	c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
-	c.c.SetDeadline(time.Now().Add(c.s.handshakeTimeout()))
-	err := c.handshake()
-	if err == errRelaying {
-		return // the relay goroutines own the session now
+	c.hsEnd = c.start.Add(c.s.handshakeTimeout())
+	c.c.SetDeadline(c.waitUntil())
+	c.run()
+}
+
+// waitUntil is the deadline of a handshake read: the handshake time limit,
+// or, when handshakes can park, the linger time, after which the read
+// gives up its goroutine until the client speaks again.
+func (c *conn) waitUntil() time.Time {
+	if c.s.pk.Load() == nil {
+		return c.hsEnd
 	}
-	if err != nil && c.err == nil {
+	if t := time.Now().Add(linger); t.Before(c.hsEnd) {
+		return t
+	}
+	return c.hsEnd
+}
+
+// run runs the handshake from where it stands until the session relays,
+// parks or ends.
+func (c *conn) run() {
+	for {
+		err := c.handshake()
+		switch {
+		case err == errRelaying:
+			return // the relay goroutines own the session now
+		case err == errPark:
+			if c.park() {
+				return // the parker resumes it when the client speaks
+			}
+			c.c.SetDeadline(c.hsEnd) // wait here instead
+			continue
+		case err != nil && c.err == nil:
+			c.err = err
+		}
+		c.finish()
+		return
+	}
+}
+
+// errPark is a handshake read that lingered without a byte: the handshake
+// parks.
+var errPark = errors.New("handshake parks")
+
+// park hands a stalled handshake to the parker, giving its buffer back if
+// it holds nothing; it reports whether the handshake is parked, in which
+// case the calling goroutine must leave c alone and end.
+func (c *conn) park() bool {
+	pk := c.s.pk.Load()
+	if pk == nil {
+		return false
+	}
+	if c.ps.rc == nil {
+		tc, ok := c.c.(*net.TCPConn)
+		if !ok {
+			return false
+		}
+		rc, err := tc.SyscallConn()
+		if err != nil {
+			return false
+		}
+		c.ps.rc, c.ps.handshake = rc, true
+	}
+	if c.r == c.w && c.buf != nil {
+		handshakeBufs.Put(c.buf)
+		c.buf, c.r, c.w = nil, 0, 0
+	}
+	return pk.park(c)
+}
+
+// A stalled handshake is a parkee: it resumes where it stopped, and expires
+// with the handshake time limit.
+func (c *conn) slot() *parkSlot { return &c.ps }
+
+func (c *conn) resume() {
+	if c.buf == nil {
+		c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
+	}
+	c.c.SetDeadline(c.waitUntil())
+	c.run()
+}
+
+// hungUp resumes a parked handshake whose client closed: it reads what
+// the client sent before its FIN, and ends the session at the end of
+// stream; a client that sent more goes on in a goroutine of its own.
+func (c *conn) hungUp() {
+	if c.buf == nil {
+		c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
+	}
+	c.c.SetDeadline(c.waitUntil())
+	if err := c.fill(); err != nil && err != errPark {
 		c.err = err
+		c.finish()
+		return
 	}
-	c.finish()
+	go c.run()
+}
+
+func (c *conn) overdue(now int64, _ time.Duration) bool { return now >= c.hsEnd.UnixNano() }
+
+func (c *conn) expire(p *parker) {
+	if p.unpark(c) {
+		go c.resume() // its read times out at once, and ends it
+	}
 }
 
 // finish ends the session: its log line, its sockets, its place in the
@@ -160,6 +273,9 @@ func (c *conn) fill() error {
 	if err == nil {
 		err = errors.New("empty read")
 	}
+	if errors.Is(err, os.ErrDeadlineExceeded) && time.Now().Before(c.hsEnd) {
+		return errPark
+	}
 	return fmt.Errorf("handshake: %w", err)
 }
 
@@ -186,6 +302,9 @@ func (c *conn) write(b []byte) error {
 }
 
 func (c *conn) handshake() error {
+	if c.proto == "socks5" {
+		return c.socks5() // resumed after a park
+	}
 	if c.w == 0 {
 		if err := c.fill(); err != nil {
 			return err
@@ -277,34 +396,41 @@ func (s *Server) offers(m AuthMethod) bool {
 	return false
 }
 
+// socks5 serves a SOCKS5 handshake from where it stands (c.phase).
 func (c *conn) socks5() error {
 	c.proto = "socks5"
-	methods, err := next(c, wire.ParseGreeting)
 	var pe *wire.ProtoError
-	if errors.As(err, &pe) {
-		if pe.Reply >= 0 {
-			c.refuse([]byte{wire.Version5, byte(pe.Reply)})
+	if c.phase == phaseGreeting {
+		methods, err := next(c, wire.ParseGreeting)
+		if errors.As(err, &pe) {
+			if pe.Reply >= 0 {
+				c.refuse([]byte{wire.Version5, byte(pe.Reply)})
+			}
+			return err
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		method := c.s.chooseMethod(methods)
+		if err := c.write([]byte{wire.Version5, method}); err != nil {
+			return err
+		}
+		if method == wire.MethodNoAcceptable {
+			c.refuse(nil)
+			return errors.New("no acceptable authentication method offered")
+		}
+		c.source, c.phase = policy.UserNone, phaseRequest
+		if method == wire.MethodPassword {
+			c.source, c.phase = policy.UserPassword, phaseAuth
+		}
 	}
-	if err != nil {
-		return err
-	}
-	method := c.s.chooseMethod(methods)
-	if err := c.write([]byte{wire.Version5, method}); err != nil {
-		return err
-	}
-	if method == wire.MethodNoAcceptable {
-		c.refuse(nil)
-		return errors.New("no acceptable authentication method offered")
-	}
-	source := policy.UserNone
-	if method == wire.MethodPassword {
-		source = policy.UserPassword
+	if c.phase == phaseAuth {
 		if err := c.authenticate(); err != nil {
 			return err
 		}
+		c.phase = phaseRequest
 	}
+	source := c.source
 	req, err := next(c, wire.ParseRequest5)
 	if errors.As(err, &pe) {
 		c.reply = pe.Reply

@@ -130,23 +130,25 @@ type half struct {
 	err      *error
 	count    *int64
 
-	st, dt       *net.TCPConn // both set when the halves can splice
-	srcRC, dstRC syscall.RawConn
-	p            *pipe
-	in, out      int64
-	serr, perr   error
-	readF        func(fd uintptr) bool
-	writeF       func(fd uintptr) bool
+	st, dt     *net.TCPConn // both set when the halves can splice
+	dstRC      syscall.RawConn
+	p          *pipe
+	in, out    int64
+	serr, perr error
+	readF      func(fd uintptr) bool
+	writeF     func(fd uintptr) bool
 
-	state      atomic.Int32 // running or parked
-	token      uint64       // the parker's key, once parked
-	registered bool         // src is in the parker's epoll set
+	ps parkSlot // src, while parked
 }
 
-const (
-	running int32 = iota
-	parked
-)
+// A half is a parkee: it resumes by running on, and expires with its
+// session's idle limit.
+func (h *half) slot() *parkSlot { return &h.ps }
+func (h *half) resume()         { h.run() }
+func (h *half) overdue(now int64, idle time.Duration) bool {
+	return idle > 0 && now-h.c.act.last.Load() > int64(idle)
+}
+func (h *half) expire(*parker) { h.c.idleOut() }
 
 func newHalf(c *conn, dst, src net.Conn, count *int64, errp *error) *half {
 	h := &half{c: c, dst: dst, src: src, count: count, err: errp}
@@ -156,7 +158,7 @@ func newHalf(c *conn, dst, src net.Conn, count *int64, errp *error) *half {
 		return h
 	}
 	var err1, err2 error
-	h.srcRC, err1 = st.SyscallConn()
+	h.ps.rc, err1 = st.SyscallConn()
 	h.dstRC, err2 = dt.SyscallConn()
 	if err1 != nil || err2 != nil {
 		return h
@@ -215,7 +217,7 @@ func (h *half) run() {
 		case idle > 0:
 			h.st.SetReadDeadline(time.Now().Add(idle))
 		}
-		if err := h.srcRC.Read(h.readF); err != nil {
+		if err := h.ps.rc.Read(h.readF); err != nil {
 			if h.p != nil {
 				pool.put(h.p)
 				h.p = nil

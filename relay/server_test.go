@@ -669,3 +669,91 @@ func TestIdleTimeoutParked(t *testing.T) {
 	}
 	srv.Log.WaitFor(t, "msg=conn", "err=\"idle timeout\"")
 }
+
+// handshakeGoroutines counts goroutines serving handshakes.
+func handshakeGoroutines() int {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "relay.(*conn).run(")
+}
+
+// Stalled handshakes park: a client that stops before its request is
+// complete holds no goroutine, wherever it stopped (before its first
+// byte, within the greeting, before the password, before the request);
+// when it goes on, so does its handshake; at the handshake time limit the
+// parker ends it.
+func TestHandshakeParking(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := relaytest.Echo(t)
+	srv := relaytest.NewServer(t, loopback, func(s *relay.Server) {
+		s.HandshakeTimeout = 3 * time.Second
+		s.Auth = []relay.AuthMethod{relay.AuthNone, relay.AuthPassword}
+		s.Passwords = passwords{"alice": "secret"}
+	})
+	userpass := []byte{1, 5, 'a', 'l', 'i', 'c', 'e', 6, 's', 'e', 'c', 'r', 'e', 't'}
+	steps := []struct {
+		name    string
+		first   []byte // sent, then the client stalls
+		sent    []byte // what the server answers to first
+		then    []byte // sent after the stall
+		replies []byte // expected in all, before the request's reply
+	}{
+		{"nothing yet", nil, nil, append([]byte{5, 1, 0}, socks5Connect(echo)...), []byte{5, 0}},
+		{"half a greeting", []byte{5}, nil, append([]byte{1, 0}, socks5Connect(echo)...), []byte{5, 0}},
+		{"greeting only", []byte{5, 1, 0}, []byte{5, 0}, socks5Connect(echo), []byte{5, 0}},
+		{"before the password", []byte{5, 1, 2}, []byte{5, 2}, append(userpass, socks5Connect(echo)...), []byte{5, 2, 1, 0}},
+		{"half a SOCKS4 request", socks4Connect(echo, "bob")[:5], nil, socks4Connect(echo, "bob")[5:], nil},
+	}
+	const each = 4 // of each kind: half go on, half stall for good
+	type client struct {
+		c    net.Conn
+		step int
+	}
+	var cs []client
+	for i, st := range steps {
+		for range each {
+			c := dial(t, srv.Addr, "")
+			if st.first != nil {
+				c.Write(st.first)
+			}
+			cs = append(cs, client{c, i})
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for handshakeGoroutines() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if g := handshakeGoroutines(); g > 0 {
+		t.Fatalf("%d handshake goroutines for %d stalled clients; want them parked", g, len(cs))
+	}
+	for i, cl := range cs {
+		if i%2 == 1 {
+			continue
+		}
+		st := steps[cl.step]
+		cl.c.Write(st.then)
+		if st.replies != nil {
+			expect(t, cl.c, st.replies)
+			expect(t, cl.c, []byte{5, 0, 0, 1})
+			io.ReadFull(cl.c, make([]byte, 6))
+		} else {
+			expect(t, cl.c, granted4)
+			io.ReadFull(cl.c, make([]byte, 6))
+		}
+		cl.c.Write([]byte("ping"))
+		expect(t, cl.c, []byte("ping"))
+		cl.c.Close()
+	}
+	// The others are ended at the time limit, by the parker.
+	for i, cl := range cs {
+		if i%2 == 1 {
+			cl.c.SetDeadline(time.Now().Add(10 * time.Second))
+			if sent := steps[cl.step].sent; sent != nil {
+				expect(t, cl.c, sent)
+			}
+			expectClosed(t, cl.c)
+		}
+	}
+	srv.Log.WaitFor(t, "msg=conn", "proto=socks5", "err=\"handshake: read tcp", "i/o timeout")
+	srv.Log.WaitFor(t, "msg=conn", "proto=socks4", "user=bob", "reply=90")
+}

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/proxy"
+
 	"github.com/sockd-ng/sockd/relay/relaytest"
 )
 
@@ -58,6 +60,18 @@ func TestMemoryReturnedAfterBurst(t *testing.T) {
 	conf := writeFile(t, "sockd.conf", admitLoopback)
 	p := startBinary(t, buildSockd(t), "-config", conf, "-handshake-timeout", "2m", "-log-level", "debug")
 	pid := p.cmd.Process.Pid
+	// The idle base is that of a server that has served: a few sessions
+	// first, then a quiet second.
+	echo := relaytest.Echo(t)
+	socks, _ := proxy.SOCKS5("tcp", p.addr(), nil, proxy.Direct)
+	for range 20 {
+		c, err := socks.Dial("tcp", echo)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roundTrips(t, []net.Conn{c})
+		c.Close()
+	}
 	time.Sleep(time.Second)
 	base := vmRSS(t, pid)
 
