@@ -82,7 +82,7 @@ func ruleLexer(socks bool) *lexer.StatefulDefinition {
 			lexer.Return(),
 		},
 		"Cmd": {
-			{Name: "blank", Pattern: `[ \t\v\f]+`},
+			{Name: "blank", Pattern: `[ \t\r\v\f]+`}, // CR is a blank (sockd.conf(5))
 			{Name: "CmdText", Pattern: `.+`},
 			lexer.Return(),
 		},
