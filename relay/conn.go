@@ -29,6 +29,8 @@ var handshakeBufs = sync.Pool{New: func() any { return new([handshakeBufSize]byt
 type conn struct {
 	s       *Server
 	c       net.Conn
+	tcp     *net.TCPConn // c's socket, when it is TCP: what the relay splices and parks
+	counted bool         // counted in its client's sessions (MaxClientSessions)
 	id      uint64
 	start   time.Time
 	overCap bool
@@ -118,9 +120,38 @@ func (c *conn) abort() {
 	}
 }
 
+// A proxied connection — one accepted through a load balancer, whose
+// PROXY protocol header names the real client (cmd wraps such listeners
+// with github.com/pires/go-proxyproto) — reports the client's addresses
+// and reads its header on the first call of either, and gives its socket
+// with TCPConn. Its header reader holds at most 256 bytes, which the
+// handshake's first read takes whole: from then on the socket alone
+// carries the session.
+type proxied interface {
+	TCPConn() (*net.TCPConn, bool)
+}
+
 func (c *conn) serve() {
 	c.reply = -1
+	c.remote = addrPortOf(c.c.RemoteAddr()) // a proxied connection reads its header here
 	c.local = addrPortOf(c.c.LocalAddr())
+	switch cc := c.c.(type) {
+	case *net.TCPConn:
+		c.tcp = cc
+	case proxied:
+		c.tcp, _ = cc.TCPConn()
+	}
+	if c.s.MaxClientSessions > 0 {
+		if !c.s.countClient(c.remote.Addr()) {
+			c.c.Close()
+			c.s.doneConn(c) // refused before its handshake: no log line, see countClient
+			if c.done != nil {
+				close(c.done)
+			}
+			return
+		}
+		c.counted = true
+	}
 	c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
 	c.hsEnd = c.start.Add(c.s.handshakeTimeout())
 	c.c.SetDeadline(c.waitUntil())
@@ -175,11 +206,10 @@ func (c *conn) park() bool {
 		return false
 	}
 	if c.ps.rc == nil {
-		tc, ok := c.c.(*net.TCPConn)
-		if !ok {
+		if c.tcp == nil {
 			return false
 		}
-		rc, err := tc.SyscallConn()
+		rc, err := c.tcp.SyscallConn()
 		if err != nil {
 			return false
 		}
@@ -325,8 +355,8 @@ func (c *conn) handshake() error {
 // close into a reset that could destroy the reply.
 func (c *conn) refuse(reply []byte) {
 	c.write(reply)
-	if cw, ok := c.c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
+	if c.tcp != nil {
+		c.tcp.CloseWrite()
 	}
 	discard(c.c)
 }
@@ -631,8 +661,12 @@ func (c *conn) relay(out net.Conn) error {
 		c.act.touch()
 	}
 	c.running.Store(2)
-	up := newHalf(c, out, c.c, &c.up, &c.errUp)
-	down := newHalf(c, c.c, out, &c.down, &c.errDown)
+	client := c.c
+	if c.tcp != nil {
+		client = c.tcp
+	}
+	up := newHalf(c, out, client, &c.up, &c.errUp)
+	down := newHalf(c, client, out, &c.down, &c.errDown)
 	c.mu.Lock()
 	c.halves = [2]*half{up, down}
 	c.mu.Unlock()

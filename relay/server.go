@@ -95,8 +95,9 @@ type Server struct {
 	MaxSessions int
 	// MaxClientSessions caps the sessions of one client address, relayed
 	// or still in handshake: a connection beyond it is closed as soon as
-	// it is accepted, so that one address cannot take the whole pool (or
-	// every file descriptor) from the others. One log line says when a
+	// its client is known (at once, or once its PROXY protocol header is
+	// read), so that one address cannot take the whole pool (or every file
+	// descriptor) from the others. One log line says when a
 	// client reaches its cap; the next comes only after it fell below.
 	// 0 means no cap.
 	MaxClientSessions int
@@ -234,46 +235,52 @@ type clientCount struct {
 }
 
 // newConn registers c as a session, or closes it if the server is shutting
-// down or its client is at its cap.
+// down.
 func (s *Server) newConn(c net.Conn) *conn {
-	remote := addrPortOf(c.RemoteAddr())
-	max := s.MaxClientSessions
+	sc := &conn{s: s, c: c, id: s.nextID.Add(1), start: time.Now()}
+	n := s.active.Add(1)
+	sc.overCap = s.MaxSessions > 0 && n > int64(s.MaxSessions)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
+		s.active.Add(-1)
 		c.Close()
 		return nil
 	}
-	if max > 0 {
-		cc := s.clients[remote.Addr()]
-		if cc.n >= max {
-			first := !cc.refusing
-			cc.refusing = true
-			s.clients[remote.Addr()] = cc
-			s.mu.Unlock()
-			c.Close()
-			if first {
-				s.logger().Warn("client at its session cap: its new connections are closed until it has fewer",
-					"client", remote.Addr().String(), "sessions", cc.n, "max_client_sessions", max)
-			}
-			return nil
-		}
-		cc.n++
-		s.clients[remote.Addr()] = cc
-	}
-	sc := &conn{s: s, c: c, id: s.nextID.Add(1), start: time.Now(), remote: remote}
-	n := s.active.Add(1)
-	sc.overCap = s.MaxSessions > 0 && n > int64(s.MaxSessions)
 	s.conns[sc] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
 	return sc
 }
 
+// countClient counts a session of client address a against
+// MaxClientSessions; it reports false, and counts nothing, when a is at
+// its cap.
+func (s *Server) countClient(a netip.Addr) bool {
+	max := s.MaxClientSessions
+	s.mu.Lock()
+	cc := s.clients[a]
+	if cc.n >= max {
+		first := !cc.refusing
+		cc.refusing = true
+		s.clients[a] = cc
+		s.mu.Unlock()
+		if first {
+			s.logger().Warn("client at its session cap: its new connections are closed until it has fewer",
+				"client", a.String(), "sessions", cc.n, "max_client_sessions", max)
+		}
+		return false
+	}
+	cc.n++
+	s.clients[a] = cc
+	s.mu.Unlock()
+	return true
+}
+
 func (s *Server) doneConn(sc *conn) {
 	s.mu.Lock()
 	delete(s.conns, sc)
-	if s.MaxClientSessions > 0 {
+	if sc.counted {
 		a := sc.remote.Addr()
 		if cc := s.clients[a]; cc.n <= 1 {
 			delete(s.clients, a)
