@@ -37,12 +37,12 @@ func (c *conn) bind(source policy.UserSource, reply encoder, code coder) error {
 	}
 	allowed := d.Addrs
 	if !d.Resolved {
-		allowed = []netip.Addr{c.dst.IP}
+		allowed = []netip.Addr{c.rec.Dst.IP}
 	}
 	if d.Route.Kind == policy.RouteVia {
 		return c.bindVia(ctx, &d, allowed, reply, code)
 	}
-	c.via = "direct"
+	c.rec.Via = "direct"
 	la := c.local.Addr()
 	if d.Interfaces != nil {
 		src, _, ok := d.Interfaces.Source(allowed[0])
@@ -77,16 +77,16 @@ func (c *conn) bind(source policy.UserSource, reply encoder, code coder) error {
 
 // bindVia has the first chain that works do the listening.
 func (c *conn) bindVia(ctx context.Context, d *policy.Decision, allowed []netip.Addr, reply encoder, code coder) error {
-	target := c.dst.String()
+	target := c.rec.Dst.String()
 	if d.Resolved {
-		target = netip.AddrPortFrom(allowed[0], c.dst.Port).String()
+		target = netip.AddrPortFrom(allowed[0], c.rec.Dst.Port).String()
 	}
 	var b *client.Bind
 	via, err := c.eachChain(ctx, d, func(ctx context.Context, cd *client.Dialer) (err error) {
 		b, err = cd.Bind(ctx, target)
 		return err
 	})
-	c.via = via
+	c.rec.Via = via
 	if err != nil {
 		return c.fail(reply, err)
 	}
@@ -116,7 +116,7 @@ func (c *conn) bindVia(ctx context.Context, d *policy.Decision, allowed []netip.
 // client that does not know it, and as Dante's socksify does) takes any
 // peer the rules permit: the peer is judged as a BIND from its address.
 func (c *conn) bindPeer(conn *net.TCPConn, peer netip.AddrPort, allowed []netip.Addr, reply encoder, code coder) error {
-	c.connected = peer
+	c.rec.Connected = peer
 	if len(allowed) == 1 && (!allowed[0].IsValid() || allowed[0].IsUnspecified()) && c.peerPermitted(peer) {
 		allowed = []netip.Addr{peer.Addr().Unmap()}
 	}
@@ -125,7 +125,7 @@ func (c *conn) bindPeer(conn *net.TCPConn, peer netip.AddrPort, allowed []netip.
 			c.mu.Lock()
 			c.out = conn
 			c.mu.Unlock()
-			c.reply = int(code(policy.Granted))
+			c.rec.Reply = int(code(policy.Granted))
 			if err := c.write(reply(code(policy.Granted), peer)); err != nil {
 				conn.Close()
 				return err
@@ -135,7 +135,7 @@ func (c *conn) bindPeer(conn *net.TCPConn, peer netip.AddrPort, allowed []netip.
 	}
 	conn.Close()
 	rep := code(policy.Rejected)
-	c.reply, c.reason = int(rep), "BIND peer is not the host the request named"
+	c.rec.Reply, c.rec.Reason, c.rec.Refusal = int(rep), "BIND peer is not the host the request named", RefusedWrongPeer
 	c.refuse(reply(rep, peer))
 	return fmt.Errorf("%w: %s", errWrongPeer, peer)
 }
@@ -146,12 +146,12 @@ func (c *conn) peerPermitted(peer netip.AddrPort) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
 	defer cancel()
 	d := c.s.Decider.Decide(ctx, policy.Query{
-		Command: policy.Bind, Client: c.remote.Addr(), User: c.user, Source: c.source,
-		Dst: peer.Addr().Unmap(), Port: c.dst.Port,
+		Command: policy.Bind, Client: c.rec.Client.Addr(), User: c.rec.User, Source: c.source,
+		Dst: peer.Addr().Unmap(), Port: c.rec.Dst.Port,
 		Ident: c.ident, ClientName: c.clientNameOnce, DstAddrName: c.s.dstName,
 	})
 	if d.Action != grammar.Permit {
-		c.rule = d.Rule
+		c.rec.Rule = d.Rule
 		return false
 	}
 	return true
@@ -161,13 +161,13 @@ func (c *conn) peerPermitted(peer netip.AddrPort) bool {
 // limit (SOCKS5 REP 6), a next hop's refusal, the client gone.
 func (c *conn) bindFailed(reply encoder, err error) error {
 	rep := c.failCode()
-	if c.proto == "socks5" {
+	if c.rec.Proto == "socks5" {
 		rep = replyFor(err)
 		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, errBindTimeout) {
 			rep = wire.RepTTLExpired
 		}
 	}
-	c.reply, c.warn = int(rep), !errors.Is(err, errBindTimeout)
+	c.rec.Reply, c.rec.Warn = int(rep), !errors.Is(err, errBindTimeout)
 	c.refuse(reply(rep, netip.AddrPort{}))
 	return err
 }

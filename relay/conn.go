@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -31,8 +30,6 @@ type conn struct {
 	c       net.Conn
 	tcp     *net.TCPConn // c's socket, when it is TCP: what the relay splices and parks
 	counted bool         // counted in its client's sessions (MaxClientSessions)
-	id      uint64
-	start   time.Time
 	overCap bool
 	done    chan struct{} // closed when the session ends, for ServeConn; may be nil
 
@@ -44,7 +41,8 @@ type conn struct {
 	hsEnd time.Time
 	ps    parkSlot // the client's socket, while the handshake is parked
 
-	local, remote netip.AddrPort
+	local  netip.AddrPort
+	source policy.UserSource
 
 	// memoised lookups, each asked at most once per connection
 	identDone  bool
@@ -62,24 +60,9 @@ type conn struct {
 	act            activity
 	halves         [2]*half
 
-	// what the session log line says
-	proto     string
-	cmd       policy.Command
-	user      string
-	source    policy.UserSource
-	dst       wire.Addr
-	connected netip.AddrPort
-	rule      string
-	route     string
-	action    string
-	reason    string
-	via       string
-	reply     int
-	up, down  int64
-	dgrams    [3]int64 // UDP datagrams up, down, dropped
-	dropWhy   string   // the dropped ones by reason: "denied:2 unspecified:1"
-	err       error
-	warn      bool
+	// rec is what the session did, filled in as it goes: its log line
+	// and what the Observer counts.
+	rec Record
 }
 
 // phase is how far a SOCKS5 handshake has got: where a parked one
@@ -132,8 +115,8 @@ type proxied interface {
 }
 
 func (c *conn) serve() {
-	c.reply = -1
-	c.remote = addrPortOf(c.c.RemoteAddr()) // a proxied connection reads its header here
+	c.rec.Reply = -1
+	c.rec.Client = addrPortOf(c.c.RemoteAddr()) // a proxied connection reads its header here
 	c.local = addrPortOf(c.c.LocalAddr())
 	switch cc := c.c.(type) {
 	case *net.TCPConn:
@@ -142,7 +125,10 @@ func (c *conn) serve() {
 		c.tcp, _ = cc.TCPConn()
 	}
 	if c.s.MaxClientSessions > 0 {
-		if !c.s.countClient(c.remote.Addr()) {
+		if !c.s.countClient(c.rec.Client.Addr()) {
+			if o := c.s.Observer; o != nil {
+				o.Refused(RefusedClientCap)
+			}
 			c.c.Close()
 			c.s.doneConn(c) // refused before its handshake: no log line, see countClient
 			if c.done != nil {
@@ -153,7 +139,7 @@ func (c *conn) serve() {
 		c.counted = true
 	}
 	c.buf = handshakeBufs.Get().(*[handshakeBufSize]byte)
-	c.hsEnd = c.start.Add(c.s.handshakeTimeout())
+	c.hsEnd = c.rec.Start.Add(c.s.handshakeTimeout())
 	c.c.SetDeadline(c.waitUntil())
 	c.run()
 }
@@ -185,8 +171,8 @@ func (c *conn) run() {
 			}
 			c.c.SetDeadline(c.hsEnd) // wait here instead
 			continue
-		case err != nil && c.err == nil:
-			c.err = err
+		case err != nil && c.rec.Err == nil:
+			c.rec.Err = err
 		}
 		c.finish()
 		return
@@ -243,7 +229,7 @@ func (c *conn) hungUp() {
 	}
 	c.c.SetDeadline(c.waitUntil())
 	if err := c.fill(); err != nil && err != errPark {
-		c.err = err
+		c.rec.Err = err
 		c.finish()
 		return
 	}
@@ -265,7 +251,7 @@ func (c *conn) finish() {
 		handshakeBufs.Put(c.buf)
 		c.buf = nil
 	}
-	c.log()
+	c.end()
 	c.abort()
 	c.s.doneConn(c)
 	if c.done != nil {
@@ -332,7 +318,7 @@ func (c *conn) write(b []byte) error {
 }
 
 func (c *conn) handshake() error {
-	if c.proto == "socks5" {
+	if c.rec.Proto == "socks5" {
 		return c.socks5() // resumed after a park
 	}
 	if c.w == 0 {
@@ -346,7 +332,7 @@ func (c *conn) handshake() error {
 	case wire.Version5:
 		return c.socks5()
 	}
-	c.proto = "unknown"
+	c.rec.Proto, c.rec.Refusal = "unknown", RefusedBadRequest
 	return fmt.Errorf("not SOCKS: first byte 0x%02x", c.buf[0])
 }
 
@@ -362,35 +348,35 @@ func (c *conn) refuse(reply []byte) {
 }
 
 func (c *conn) socks4() error {
-	c.proto = "socks4"
+	c.rec.Proto = "socks4"
 	req, err := next(c, wire.ParseRequest4)
 	var pe *wire.ProtoError
 	if errors.As(err, &pe) {
-		c.reply = wire.Rejected4
+		c.rec.Reply, c.rec.Refusal = wire.Rejected4, RefusedBadRequest
 		c.refuse(wire.AppendReply4(nil, wire.Rejected4, netip.AddrPort{}))
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	c.user = req.User
-	c.dst = wire.Addr{Port: req.Port, Name: req.Name}
+	c.rec.User = req.User
+	c.rec.Dst = wire.Addr{Port: req.Port, Name: req.Name}
 	if req.Is4a() {
-		c.proto = "socks4a"
-		c.dst = destination(req.Name, req.Port)
+		c.rec.Proto = "socks4a"
+		c.rec.Dst = destination(req.Name, req.Port)
 	} else {
-		c.dst.IP = netip.AddrFrom4(req.IP)
+		c.rec.Dst.IP = netip.AddrFrom4(req.IP)
 	}
 	fail := func(reason string) error {
-		c.reply, c.reason = wire.Rejected4, reason
+		c.rec.Reply, c.rec.Reason, c.rec.Refusal = wire.Rejected4, reason, RefusedBadRequest
 		c.refuse(wire.AppendReply4(nil, wire.Rejected4, netip.AddrPort{}))
 		return nil
 	}
 	switch {
 	case req.Cmd == wire.Cmd4Connect:
-		c.cmd = policy.Connect
+		c.rec.Cmd = policy.Connect
 	case req.Cmd == wire.Cmd4Bind:
-		c.cmd = policy.Bind
+		c.rec.Cmd = policy.Bind
 	default:
 		return fail("unknown SOCKS4 command " + strconv.Itoa(int(req.Cmd)))
 	}
@@ -399,7 +385,7 @@ func (c *conn) socks4() error {
 	}
 	reply := func(code byte, bound netip.AddrPort) []byte { return wire.AppendReply4(nil, code, bound) }
 	code := func(r policy.Reply) byte { return byte(r) }
-	if c.cmd == policy.Bind {
+	if c.rec.Cmd == policy.Bind {
 		return c.bind(policy.UserClaimed, reply, code)
 	}
 	return c.connect(policy.UserClaimed, reply, code)
@@ -428,7 +414,7 @@ func (s *Server) offers(m AuthMethod) bool {
 
 // socks5 serves a SOCKS5 handshake from where it stands (c.phase).
 func (c *conn) socks5() error {
-	c.proto = "socks5"
+	c.rec.Proto = "socks5"
 	var pe *wire.ProtoError
 	if c.phase == phaseGreeting {
 		methods, err := next(c, wire.ParseGreeting)
@@ -436,6 +422,7 @@ func (c *conn) socks5() error {
 			if pe.Reply >= 0 {
 				c.refuse([]byte{wire.Version5, byte(pe.Reply)})
 			}
+			c.rec.Refusal = RefusedBadRequest
 			return err
 		}
 		if err != nil {
@@ -447,6 +434,7 @@ func (c *conn) socks5() error {
 		}
 		if method == wire.MethodNoAcceptable {
 			c.refuse(nil)
+			c.rec.Refusal = RefusedAuth
 			return errors.New("no acceptable authentication method offered")
 		}
 		c.source, c.phase = policy.UserNone, phaseRequest
@@ -463,31 +451,33 @@ func (c *conn) socks5() error {
 	source := c.source
 	req, err := next(c, wire.ParseRequest5)
 	if errors.As(err, &pe) {
-		c.reply = pe.Reply
+		c.rec.Reply = pe.Reply
+		c.rec.Refusal = RefusedBadRequest
 		c.refuse(wire.AppendReply5(nil, byte(pe.Reply), netip.AddrPort{}))
 		return err
 	}
 	if err != nil {
 		return err
 	}
-	c.dst = req.Addr
+	c.rec.Dst = req.Addr
 	if req.Addr.Name != "" {
-		c.dst = destination(req.Addr.Name, req.Addr.Port)
+		c.rec.Dst = destination(req.Addr.Name, req.Addr.Port)
 	}
 	reply := func(rep byte, bound netip.AddrPort) []byte {
 		return wire.AppendReply5(nil, rep, bound)
 	}
 	switch req.Cmd {
 	case wire.CmdConnect:
-		c.cmd = policy.Connect
+		c.rec.Cmd = policy.Connect
 	case wire.CmdBind:
-		c.cmd = policy.Bind
+		c.rec.Cmd = policy.Bind
 		return c.bind(source, reply, socks5Rep)
 	case wire.CmdUDP:
-		c.cmd = policy.UDP
+		c.rec.Cmd = policy.UDP
 		return c.udp(source, reply)
 	default:
-		c.reply, c.reason = wire.RepCmdNotSupported, "unknown command "+strconv.Itoa(int(req.Cmd))
+		c.rec.Reply, c.rec.Reason = wire.RepCmdNotSupported, "unknown command "+strconv.Itoa(int(req.Cmd))
+		c.rec.Refusal = RefusedBadRequest
 		c.refuse(wire.AppendReply5(nil, wire.RepCmdNotSupported, netip.AddrPort{}))
 		return nil
 	}
@@ -525,16 +515,17 @@ func (c *conn) authenticate() error {
 	up, err := next(c, wire.ParseUserPass)
 	var pe *wire.ProtoError
 	if errors.As(err, &pe) {
+		c.rec.Refusal = RefusedAuth
 		c.refuse([]byte{wire.AuthVersion, wire.AuthFailed})
 		return fmt.Errorf("authentication: %w", err)
 	}
 	if err != nil {
 		return err
 	}
-	c.user = up.User
+	c.rec.User = up.User
 	if c.s.Passwords == nil || !c.s.Passwords.Match(up.User, up.Pass) {
 		c.refuse([]byte{wire.AuthVersion, wire.AuthFailed})
-		c.action = "deny"
+		c.rec.Action, c.rec.Refusal = "deny", RefusedAuth
 		return fmt.Errorf("authentication failed for user %q", up.User)
 	}
 	return c.write([]byte{wire.AuthVersion, wire.AuthOK})
@@ -547,44 +538,45 @@ type (
 	coder   func(policy.Reply) byte
 )
 
-// admit decides the request read into c (the command in c.cmd) and sends
+// admit decides the request read into c (the command in c.rec.Cmd) and sends
 // the refusal when it is refused; ok reports that the request goes on. The
 // handshake time limit ends here; ctx bounds the decision and what follows.
 func (c *conn) admit(ctx context.Context, source policy.UserSource, reply encoder, code coder) (d policy.Decision, ok bool) {
+	c.rec.Handshake = time.Since(c.rec.Start)
 	if c.overCap {
 		fail := c.failCode()
-		c.reply, c.reason = int(fail), "too many sessions"
+		c.rec.Reply, c.rec.Reason, c.rec.Refusal = int(fail), "too many sessions", RefusedMaxSessions
 		c.refuse(reply(fail, netip.AddrPort{}))
 		return d, false
 	}
 	c.c.SetDeadline(time.Time{})
 	q := policy.Query{
-		Command:     c.cmd,
-		Client:      c.remote.Addr(),
-		User:        c.user,
+		Command:     c.rec.Cmd,
+		Client:      c.rec.Client.Addr(),
+		User:        c.rec.User,
 		Source:      source,
-		Dst:         c.dst.IP,
-		DstName:     c.dst.Name,
-		Port:        c.dst.Port,
+		Dst:         c.rec.Dst.IP,
+		DstName:     c.rec.Dst.Name,
+		Port:        c.rec.Dst.Port,
 		Ident:       c.ident,
 		ClientName:  c.clientNameOnce,
 		DstAddrName: c.s.dstName,
 		Resolve:     c.s.resolve,
 		// A UDP association names no destination yet: its datagrams are
 		// judged one by one. Here it is refused only when none could pass.
-		AnyDestination: c.cmd == policy.UDP,
+		AnyDestination: c.rec.Cmd == policy.UDP,
 	}
 	d = c.s.Decider.Decide(ctx, q)
 	c.source = source
-	c.rule, c.reason, c.user = d.Rule, d.Reason, d.User
-	c.action = d.Action.String()
-	c.route = d.Route.Rule
+	c.rec.Rule, c.rec.Reason, c.rec.User = d.Rule, d.Reason, d.User
+	c.rec.Action = d.Action.String()
+	c.rec.Route = d.Route.Rule
 	if d.NumHooks > 0 && c.s.Hooks != nil && !q.AnyDestination {
 		c.s.Hooks.run(c, &q, &d)
 	}
 	if d.Action != grammar.Permit {
 		rep := code(d.Reply)
-		c.reply = int(rep)
+		c.rec.Reply, c.rec.Refusal = int(rep), refusalOf(&d, c.rec.Dst)
 		c.refuse(reply(rep, netip.AddrPort{}))
 		return d, false
 	}
@@ -593,7 +585,7 @@ func (c *conn) admit(ctx context.Context, source policy.UserSource, reply encode
 
 // failCode is the reply for a failure of ours: SOCKS4 91, SOCKS5 REP 1.
 func (c *conn) failCode() byte {
-	if c.proto == "socks5" {
+	if c.rec.Proto == "socks5" {
 		return wire.RepGeneralFailure
 	}
 	return wire.Rejected4
@@ -603,10 +595,10 @@ func (c *conn) failCode() byte {
 // ends the connection.
 func (c *conn) fail(reply encoder, err error) error {
 	rep := c.failCode()
-	if c.proto == "socks5" {
+	if c.rec.Proto == "socks5" {
 		rep = replyFor(err)
 	}
-	c.reply, c.warn = int(rep), true
+	c.rec.Reply, c.rec.Warn = int(rep), true
 	c.refuse(reply(rep, netip.AddrPort{}))
 	return err
 }
@@ -619,19 +611,20 @@ func (c *conn) connect(source policy.UserSource, reply encoder, code coder) erro
 	if !ok {
 		return nil
 	}
+	t0 := time.Now()
 	out, via, err := c.dialRoute(ctx, &d)
-	c.via = via
+	c.rec.Via, c.rec.Connect = via, time.Since(t0)
 	if err != nil {
 		if d.ResolveErr != nil {
-			err = fmt.Errorf("resolve %s: %w", c.dst.Name, d.ResolveErr)
+			err = fmt.Errorf("resolve %s: %w", c.rec.Dst.Name, d.ResolveErr)
 		}
 		return c.fail(reply, err)
 	}
 	c.mu.Lock()
 	c.out = out
 	c.mu.Unlock() // from here on, finish (abort) closes out
-	c.connected = addrPortOf(out.RemoteAddr())
-	c.reply = int(code(policy.Granted))
+	c.rec.Connected = addrPortOf(out.RemoteAddr())
+	c.rec.Reply = int(code(policy.Granted))
 	if err := c.write(reply(code(policy.Granted), addrPortOf(out.LocalAddr()))); err != nil {
 		return err
 	}
@@ -650,7 +643,8 @@ var errRelaying = errors.New("relaying")
 func (c *conn) relay(out net.Conn) error {
 	if c.r < c.w {
 		n, err := out.Write(c.buf[c.r:c.w])
-		c.up += int64(n)
+		c.rec.BytesUp += int64(n)
+		c.s.bytes[0].Add(uint64(n))
 		if err != nil {
 			return err
 		}
@@ -665,8 +659,8 @@ func (c *conn) relay(out net.Conn) error {
 	if c.tcp != nil {
 		client = c.tcp
 	}
-	up := newHalf(c, out, client, &c.up, &c.errUp)
-	down := newHalf(c, client, out, &c.down, &c.errDown)
+	up := newHalf(c, out, client, &c.rec.BytesUp, &c.s.bytes[0], &c.errUp)
+	down := newHalf(c, client, out, &c.rec.BytesDown, &c.s.bytes[1], &c.errDown)
 	c.mu.Lock()
 	c.halves = [2]*half{up, down}
 	c.mu.Unlock()
@@ -684,8 +678,8 @@ func (c *conn) endRelay() {
 		err = c.errDown
 	}
 	c.mu.Lock()
-	if err != nil && !isClosedConn(err) && c.err == nil {
-		c.err = err
+	if err != nil && !isClosedConn(err) && c.rec.Err == nil {
+		c.rec.Err = err
 	}
 	c.mu.Unlock()
 	c.finish()
@@ -696,11 +690,13 @@ func (c *conn) ident(ctx context.Context) policy.IdentResult {
 		c.identDone = true
 		c.identRes = policy.IdentResult{Down: true}
 		if c.s.Ident != nil {
-			user, err := c.s.Ident(ctx, c.local, c.remote)
+			t0 := time.Now()
+			user, err := c.s.Ident(ctx, c.local, c.rec.Client)
+			c.rec.IdentTime = time.Since(t0)
 			if err == nil {
 				c.identRes = policy.IdentResult{User: user}
 			} else {
-				c.s.logger().Debug("identd down", "id", c.id, "client", c.remote.String(), "err", err)
+				c.s.logger().Debug("identd down", "id", c.rec.ID, "client", c.rec.Client.String(), "err", err)
 			}
 		}
 	}
@@ -710,91 +706,32 @@ func (c *conn) ident(ctx context.Context) policy.IdentResult {
 func (c *conn) clientNameOnce(ctx context.Context) string {
 	if !c.clientDone {
 		c.clientDone = true
-		c.clientName = c.s.confirmedName(ctx, c.remote.Addr())
+		c.clientName = c.s.confirmedName(ctx, c.rec.Client.Addr())
 	}
 	return c.clientName
 }
 
-// log writes the session's one line.
-func (c *conn) log() {
-	level := slog.LevelInfo
-	if c.warn {
-		level = slog.LevelWarn
-	}
-	l := c.s.logger()
-	if !l.Enabled(context.Background(), level) {
-		return
-	}
-	identUser := ""
+// end completes the session's record, logs it and reports it.
+func (c *conn) end() {
+	r := &c.rec
 	if c.identDone {
-		identUser = c.identRes.User
+		r.Ident = c.identRes.User
 		if c.identRes.Down {
-			identUser = "(down)"
+			r.Ident = "(down)"
 		}
 	}
-	attrs := []slog.Attr{
-		slog.Uint64("id", c.id),
-		slog.String("proto", c.proto),
-		slog.String("cmd", c.cmdString()),
-		slog.String("client", c.remote.String()),
-		slog.String("user", c.user),
-		slog.String("ident", identUser),
-		slog.String("dst", c.dstString()),
+	r.Duration = time.Since(r.Start)
+	r.log(c.s.logger())
+	if o := c.s.Observer; o != nil {
+		o.SessionEnded(r)
 	}
-	if c.connected.IsValid() {
-		attrs = append(attrs, slog.String("connected", c.connected.String()))
-	}
-	rule := c.rule
-	if rule == "" && c.action != "" {
-		rule = "default"
-	}
-	attrs = append(attrs,
-		slog.String("rule", rule),
-		slog.String("route", c.route),
-		slog.String("action", c.action),
-		slog.String("reason", c.reason),
-		slog.String("via", c.via),
-		slog.Int("reply", c.reply),
-		slog.Int64("bytes_up", c.up),
-		slog.Int64("bytes_down", c.down),
-	)
-	if c.cmd == policy.UDP {
-		attrs = append(attrs,
-			slog.Int64("dgrams_up", c.dgrams[0]),
-			slog.Int64("dgrams_down", c.dgrams[1]),
-			slog.Int64("dgrams_dropped", c.dgrams[2]))
-		if c.dropWhy != "" {
-			attrs = append(attrs, slog.String("dropped", c.dropWhy))
-		}
-	}
-	attrs = append(attrs,
-		slog.Duration("dur", time.Since(c.start).Round(time.Microsecond)),
-	)
-	if c.err != nil {
-		attrs = append(attrs, slog.String("err", c.err.Error()))
-	}
-	l.LogAttrs(context.Background(), level, "conn", attrs...)
-}
-
-func (c *conn) cmdString() string {
-	if c.cmd == 0 {
-		return ""
-	}
-	return c.cmd.String()
-}
-
-func (c *conn) dstString() string {
-	if c.dst.Name == "" && !c.dst.IP.IsValid() {
-		return ""
-	}
-	return c.dst.String()
 }
 
 // idleOut ends a session the parker found idle.
 func (c *conn) idleOut() {
 	c.mu.Lock()
-	if c.err == nil {
-		c.err = errIdle
+	if c.rec.Err == nil {
+		c.rec.Err = errIdle
 	}
 	c.mu.Unlock()
 	c.abort()

@@ -128,7 +128,8 @@ type half struct {
 	dst, src net.Conn
 	n        int64 // bytes moved
 	err      *error
-	count    *int64
+	count    *int64         // the session's bytes this way, added to at the end
+	total    *atomic.Uint64 // the server's, added to as they go
 
 	st, dt     *net.TCPConn // both set when the halves can splice
 	dstRC      syscall.RawConn
@@ -150,8 +151,8 @@ func (h *half) overdue(now int64, idle time.Duration) bool {
 }
 func (h *half) expire(*parker) { h.c.idleOut() }
 
-func newHalf(c *conn, dst, src net.Conn, count *int64, errp *error) *half {
-	h := &half{c: c, dst: dst, src: src, count: count, err: errp}
+func newHalf(c *conn, dst, src net.Conn, count *int64, total *atomic.Uint64, errp *error) *half {
+	h := &half{c: c, dst: dst, src: src, count: count, total: total, err: errp}
 	st, sok := src.(*net.TCPConn)
 	dt, dok := dst.(*net.TCPConn)
 	if !sok || !dok {
@@ -202,7 +203,7 @@ func newHalf(c *conn, dst, src net.Conn, count *int64, errp *error) *half {
 // a park; it is the body of the half's goroutine.
 func (h *half) run() {
 	if h.st == nil {
-		n, err := plainCopy(h.dst, h.src, h.c.s.IdleTimeout, &h.c.act)
+		n, err := plainCopy(h.dst, h.src, h.c.s.IdleTimeout, &h.c.act, h.total)
 		h.n += n
 		h.finish(err)
 		return
@@ -238,7 +239,7 @@ func (h *half) run() {
 		if h.perr != nil {
 			// No pipe (EMFILE or the like): copy through user space.
 			h.st.SetReadDeadline(time.Time{})
-			n, err := plainCopy(h.dst, h.src, idle, &h.c.act)
+			n, err := plainCopy(h.dst, h.src, idle, &h.c.act, h.total)
 			h.n += n
 			h.finish(err)
 			return
@@ -267,6 +268,7 @@ func (h *half) run() {
 			}
 			h.p.n -= int(h.out)
 			h.n += h.out
+			h.total.Add(uint64(h.out))
 		}
 		if idle > 0 {
 			h.c.act.touch()
@@ -298,7 +300,7 @@ func (h *half) finish(err error) {
 
 // plainCopy is the user-space relay, for non-TCP ends and when no pipe can
 // be had. Its buffer is taken only while bytes are in flight, too.
-func plainCopy(dst, src net.Conn, idle time.Duration, act *activity) (int64, error) {
+func plainCopy(dst, src net.Conn, idle time.Duration, act *activity, total *atomic.Uint64) (int64, error) {
 	var written int64
 	bp := copyBufPool.Get().(*[]byte)
 	defer copyBufPool.Put(bp)
@@ -311,6 +313,7 @@ func plainCopy(dst, src net.Conn, idle time.Duration, act *activity) (int64, err
 		if nr > 0 {
 			nw, werr := dst.Write(buf[:nr])
 			written += int64(nw)
+			total.Add(uint64(nw))
 			if werr != nil {
 				return written, werr
 			}

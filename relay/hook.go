@@ -71,14 +71,14 @@ func (h *Hooks) run(c *conn, q *policy.Query, d *policy.Decision) {
 			ctx, cancel := context.WithTimeout(context.Background(), h.timeout())
 			if policy.NeedsToken(hk.Template, 'A') {
 				if clientName == "" {
-					clientName = LookupConfirmed(ctx, s.resolver(), c.remote.Addr())
+					clientName = LookupConfirmed(ctx, s.resolver(), c.rec.Client.Addr())
 				}
 				if clientName != "" {
 					t.ClientName = clientName
 				}
 			}
-			if policy.NeedsToken(hk.Template, 'Z') && c.dst.Name == "" && c.dst.IP.IsValid() {
-				if name := LookupConfirmed(ctx, s.resolver(), c.dst.IP); name != "" {
+			if policy.NeedsToken(hk.Template, 'Z') && c.rec.Dst.Name == "" && c.rec.Dst.IP.IsValid() {
+				if name := LookupConfirmed(ctx, s.resolver(), c.rec.Dst.IP); name != "" {
 					t.DstName = name
 				}
 			}

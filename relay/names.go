@@ -9,6 +9,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/sockd-ng/sockd/policy"
 )
@@ -32,10 +33,15 @@ var errUnspecified = errors.New("unspecified address: it reaches this host")
 // name with no other address is an error wrapping errUnspecified. Policy
 // judges destinations' addresses itself (policy.Unspecified); hops are
 // not destinations it sees.
-type hopResolver struct{ r Resolver }
+type hopResolver struct {
+	r Resolver
+	s *Server // told how long lookups take
+}
 
 func (h hopResolver) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	t0 := time.Now()
 	addrs, err := h.r.LookupNetIP(ctx, network, host)
+	h.s.lookupTook(t0)
 	if err != nil {
 		return nil, err
 	}

@@ -61,19 +61,19 @@ func (c *conn) dialRoute(ctx context.Context, d *policy.Decision) (*net.TCPConn,
 	if d.Route.Kind != policy.RouteVia {
 		addrs := d.Addrs
 		if !d.Resolved {
-			addrs = []netip.Addr{c.dst.IP}
+			addrs = []netip.Addr{c.rec.Dst.IP}
 		}
-		out, err := c.s.dialDirect(ctx, d.Interfaces, addrs, c.dst.Port)
+		out, err := c.s.dialDirect(ctx, d.Interfaces, addrs, c.rec.Dst.Port)
 		return out, "direct", err
 	}
 	// A name resolved here (for a plain SOCKS4 hop) is sent as its first
 	// permitted address; otherwise the name goes on as the client gave it.
-	target := c.dst.String()
+	target := c.rec.Dst.String()
 	if d.Resolved {
 		if len(d.Addrs) == 0 {
 			return nil, "", errNoAddress
 		}
-		target = netip.AddrPortFrom(d.Addrs[0], c.dst.Port).String()
+		target = netip.AddrPortFrom(d.Addrs[0], c.rec.Dst.Port).String()
 	}
 	var out *net.TCPConn
 	via, err := c.eachChain(ctx, d, func(ctx context.Context, cd *client.Dialer) (err error) {
@@ -104,18 +104,21 @@ func (c *conn) eachChain(ctx context.Context, d *policy.Decision, do func(contex
 		cancel()
 		if err == nil {
 			c.s.backoff.ok(key)
+			c.s.upstream(key, true)
 			return key, nil
 		}
 		if first == nil {
 			first = err
 		}
-		// A definite refusal is final, as in legacy; a hop whose name
-		// means this host is left for the next.
+		// A definite refusal is final, as in legacy (the hops work); a hop
+		// whose name means this host is left for the next.
 		if !client.Retryable(err) && !errors.Is(err, errUnspecified) || ctx.Err() != nil {
+			c.s.upstream(key, ctx.Err() == nil)
 			return key, err
 		}
 		c.s.backoff.fail(key)
-		c.s.logger().Warn("next hop failed; trying the next", "id", c.id, "via", key, "err", err)
+		c.s.upstream(key, false)
+		c.s.logger().Warn("next hop failed; trying the next", "id", c.rec.ID, "via", key, "err", err)
 	}
 	if tried == 0 {
 		return "", errors.New("every next hop is backing off")
@@ -153,9 +156,9 @@ func (c *conn) chainDialer(ctx context.Context, d *policy.Decision, chain []poli
 		hops[i] = client.Hop{Addr: h.Addr(), User: h.User, Password: h.Password}
 		switch h.Proto {
 		case grammar.HopSOCKS4:
-			hops[i].Proto, hops[i].User, hops[i].Password = client.SOCKS4, c.user, ""
+			hops[i].Proto, hops[i].User, hops[i].Password = client.SOCKS4, c.rec.User, ""
 		case grammar.HopLegacy, grammar.HopSOCKS4a:
-			hops[i].Proto, hops[i].User, hops[i].Password = client.SOCKS4a, c.user, ""
+			hops[i].Proto, hops[i].User, hops[i].Password = client.SOCKS4a, c.rec.User, ""
 		case grammar.HopSOCKS5:
 			hops[i].Proto = client.SOCKS5
 		case grammar.HopHTTP:

@@ -72,6 +72,8 @@ type Server struct {
 	Auth []AuthMethod
 	// Passwords checks SOCKS5 usernames and passwords for AuthPassword.
 	Passwords Authenticator
+	// Observer is told what sessions do, for metrics; nil tells nobody.
+	Observer Observer
 	// Hooks runs the shell commands of matched rules; nil runs none.
 	Hooks *Hooks
 	// Dialer opens outbound connections; nil means a net.Dialer with
@@ -103,6 +105,7 @@ type Server struct {
 	MaxClientSessions int
 
 	nextID   atomic.Uint64
+	bytes    [2]atomic.Uint64 // relayed up and down: see Bytes
 	backoff  backoff
 	pkOnce   sync.Once
 	pk       atomic.Pointer[parker]
@@ -133,7 +136,7 @@ func (s *Server) init() {
 		s.pipes.max = 32
 		s.dstName = s.confirmedName
 		s.resolve = s.lookup
-		s.hops = hopResolver{s.resolver()}
+		s.hops = hopResolver{s.resolver(), s}
 		s.dial = s.Dialer
 		if s.dial == nil {
 			s.dial = defaultDialer()
@@ -237,7 +240,7 @@ type clientCount struct {
 // newConn registers c as a session, or closes it if the server is shutting
 // down.
 func (s *Server) newConn(c net.Conn) *conn {
-	sc := &conn{s: s, c: c, id: s.nextID.Add(1), start: time.Now()}
+	sc := &conn{s: s, c: c, rec: Record{ID: s.nextID.Add(1), Start: time.Now()}}
 	n := s.active.Add(1)
 	sc.overCap = s.MaxSessions > 0 && n > int64(s.MaxSessions)
 	s.mu.Lock()
@@ -281,7 +284,7 @@ func (s *Server) doneConn(sc *conn) {
 	s.mu.Lock()
 	delete(s.conns, sc)
 	if sc.counted {
-		a := sc.remote.Addr()
+		a := sc.rec.Client.Addr()
 		if cc := s.clients[a]; cc.n <= 1 {
 			delete(s.clients, a)
 		} else {
@@ -367,12 +370,33 @@ func (s *Server) resolver() Resolver {
 }
 
 func (s *Server) lookup(ctx context.Context, name string) ([]netip.Addr, error) {
+	defer s.lookupTook(time.Now())
 	return LookupAddrs(ctx, s.resolver(), name)
 }
 
 func (s *Server) confirmedName(ctx context.Context, a netip.Addr) string {
+	defer s.lookupTook(time.Now())
 	return LookupConfirmed(ctx, s.resolver(), a)
 }
+
+// lookupTook tells the Observer how long a lookup that started at t0 took.
+func (s *Server) lookupTook(t0 time.Time) {
+	if s.Observer != nil {
+		s.Observer.Lookup(time.Since(t0))
+	}
+}
+
+// upstream tells the Observer how an attempt to reach a chain went.
+func (s *Server) upstream(chain string, ok bool) {
+	if s.Observer != nil {
+		s.Observer.Upstream(chain, ok)
+	}
+}
+
+// Bytes returns the bytes relayed since the start, up (clients to
+// destinations) and down, TCP and UDP payloads alike, those of sessions
+// still running included.
+func (s *Server) Bytes() (up, down uint64) { return s.bytes[0].Load(), s.bytes[1].Load() }
 
 // discard reads and drops what a client still sends, for a short while, so
 // that a close after a refusal does not turn into a reset that destroys the

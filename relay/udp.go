@@ -90,7 +90,31 @@ func (r DropReason) String() string {
 // drops counts dropped datagrams by reason.
 type drops [NumDropReasons]atomic.Int64
 
-func (d *drops) add(r DropReason) { d[r].Add(1) }
+// drop counts a dropped datagram.
+func (a *assoc) drop(r DropReason) {
+	a.dropped[r].Add(1)
+	if o := a.c.s.Observer; o != nil {
+		o.Dropped(r)
+	}
+}
+
+// sent counts a datagram of n payload bytes relayed up (client to
+// destination) or down.
+func (a *assoc) sent(up bool, n int) {
+	a.act.touch()
+	if up {
+		a.dgUp.Add(1)
+		a.up.Add(int64(n))
+		a.c.s.bytes[0].Add(uint64(n))
+	} else {
+		a.dgDown.Add(1)
+		a.down.Add(int64(n))
+		a.c.s.bytes[1].Add(uint64(n))
+	}
+	if o := a.c.s.Observer; o != nil {
+		o.Datagram(up)
+	}
+}
 
 // total and String sum and list the counts, for the session log line:
 // "unspecified:3 denied:1".
@@ -157,7 +181,7 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 	if !ok {
 		return nil // no datagram of this client could pass: no sockets for it
 	}
-	c.via, c.reason = "direct", "udp association: each datagram judged"
+	c.rec.Via, c.rec.Reason = "direct", "udp association: each datagram judged"
 	cs, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.local.Addr().AsSlice()})
 	if err != nil {
 		return c.fail(reply, err)
@@ -165,25 +189,25 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 	a := &assoc{c: c, source: source, client: cs, sentTo: map[netip.AddrPort]struct{}{},
 		cache: map[wire.Addr]*udpDecision{}, remotes: map[netip.Addr]*net.UDPConn{},
 		hops: map[string]*hopAssoc{}, hopWait: map[string]time.Time{}}
-	if c.dst.IP.IsValid() && !c.dst.IP.IsUnspecified() {
-		a.from = netip.AddrPortFrom(c.dst.IP, c.dst.Port)
-	} else if c.dst.Port != 0 {
-		a.from = netip.AddrPortFrom(netip.Addr{}, c.dst.Port)
+	if c.rec.Dst.IP.IsValid() && !c.rec.Dst.IP.IsUnspecified() {
+		a.from = netip.AddrPortFrom(c.rec.Dst.IP, c.rec.Dst.Port)
+	} else if c.rec.Dst.Port != 0 {
+		a.from = netip.AddrPortFrom(netip.Addr{}, c.rec.Dst.Port)
 	}
 	a.act.touch()
 	if err := c.write(reply(wire.RepSucceeded, addrPortOf(cs.LocalAddr()))); err != nil {
 		a.close()
 		return err
 	}
-	c.reply = wire.RepSucceeded
+	c.rec.Reply = wire.RepSucceeded
 	a.wg.Add(1)
 	go a.fromClient()
 	err = a.watch()
 	a.close()
 	a.wg.Wait()
-	c.up, c.down = a.up.Load(), a.down.Load()
-	c.dgrams = [3]int64{a.dgUp.Load(), a.dgDown.Load(), a.dropped.total()}
-	c.dropWhy = a.dropped.String()
+	c.rec.BytesUp, c.rec.BytesDown = a.up.Load(), a.down.Load()
+	c.rec.Datagrams = [3]int64{a.dgUp.Load(), a.dgDown.Load(), a.dropped.total()}
+	c.rec.Dropped = a.dropped.String()
 	return err
 }
 
@@ -230,7 +254,7 @@ func (a *assoc) close() {
 func (a *assoc) fromClient() {
 	defer a.wg.Done()
 	buf := make([]byte, maxDatagram)
-	clientIP := a.c.remote.Addr()
+	clientIP := a.c.rec.Client.Addr()
 	for {
 		n, src, err := a.client.ReadFromUDPAddrPort(buf)
 		if err != nil {
@@ -238,12 +262,12 @@ func (a *assoc) fromClient() {
 		}
 		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 		if src.Addr() != clientIP || a.from.Port() != 0 && src.Port() != a.from.Port() {
-			a.dropped.add(DropSource)
+			a.drop(DropSource)
 			continue
 		}
 		h, hl, err := wire.ParseUDPHeader(buf[:n])
 		if err != nil || h.Frag != 0 {
-			a.dropped.add(DropMalformed) // fragments are not supported
+			a.drop(DropMalformed) // fragments are not supported
 			continue
 		}
 		a.peer.Store(&src)
@@ -252,33 +276,31 @@ func (a *assoc) fromClient() {
 		}
 		d := a.decide(h.Addr)
 		if !d.ok {
-			a.dropped.add(d.why)
+			a.drop(d.why)
 			continue
 		}
 		payload := buf[hl:n]
 		if d.chains != nil {
 			if !a.viaHop(d, h.Addr, payload) {
-				a.dropped.add(DropHopDown)
+				a.drop(DropHopDown)
 			}
 			continue
 		}
 		if policy.Unspecified(d.to.Addr()) { // the Decider must not permit one; never send there
-			a.dropped.add(DropUnspecified)
+			a.drop(DropUnspecified)
 			continue
 		}
 		out := a.remoteFor(d.src)
 		if out == nil {
-			a.dropped.add(DropSendFailed)
+			a.drop(DropSendFailed)
 			continue
 		}
 		a.remember(d.to)
 		if _, err := out.WriteToUDPAddrPort(payload, d.to); err != nil {
-			a.dropped.add(DropSendFailed)
+			a.drop(DropSendFailed)
 			continue
 		}
-		a.act.touch()
-		a.dgUp.Add(1)
-		a.up.Add(int64(len(payload)))
+		a.sent(true, len(payload))
 	}
 }
 
@@ -300,7 +322,7 @@ func (a *assoc) remoteFor(src netip.Addr) *net.UDPConn {
 	}
 	r, err := net.ListenUDP("udp", la)
 	if err != nil {
-		a.c.s.logger().Warn("udp socket for direct destinations", "id", a.c.id, "src", src, "err", err)
+		a.c.s.logger().Warn("udp socket for direct destinations", "id", a.c.rec.ID, "src", src, "err", err)
 		return nil
 	}
 	a.remotes[src] = r
@@ -343,30 +365,28 @@ func (a *assoc) fromRemotes(sock *net.UDPConn, hop *client.Association) {
 		if hop == nil {
 			from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
 			if !a.sentToOK(from) {
-				a.dropped.add(DropUnsolicited)
+				a.drop(DropUnsolicited)
 				continue
 			}
 			remote = wire.Addr{IP: from.Addr(), Port: from.Port()}
 		} else {
 			var ok bool
 			if remote, payload, ok = unwrap(payload, hop.Layers()); !ok {
-				a.dropped.add(DropMalformed)
+				a.drop(DropMalformed)
 				continue
 			}
 		}
 		peer := a.peer.Load()
 		if peer == nil {
-			a.dropped.add(DropUnsolicited) // the client has sent nothing yet
+			a.drop(DropUnsolicited) // the client has sent nothing yet
 			continue
 		}
 		out = append(wire.AppendUDPHeader(out[:0], remote), payload...)
 		if _, err := a.client.WriteToUDPAddrPort(out, *peer); err != nil {
-			a.dropped.add(DropSendFailed)
+			a.drop(DropSendFailed)
 			continue
 		}
-		a.act.touch()
-		a.dgDown.Add(1)
-		a.down.Add(int64(len(payload)))
+		a.sent(false, len(payload))
 	}
 }
 
@@ -391,7 +411,7 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 	ctx, cancel := context.WithTimeout(context.Background(), c.s.connectTimeout())
 	defer cancel()
 	q := policy.Query{
-		Command: policy.UDP, Client: c.remote.Addr(), User: c.user, Source: a.source,
+		Command: policy.UDP, Client: c.rec.Client.Addr(), User: c.rec.User, Source: a.source,
 		Dst: dst.IP, DstName: dst.Name, Port: dst.Port,
 		// This goroutine alone decides after the handshake: the memoised
 		// lookups of the conn need no lock.
@@ -401,10 +421,10 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 	d = &udpDecision{ok: pd.Action == grammar.Permit, why: DropDenied}
 	if !d.ok && unspecifiedOnly(&pd, dst) {
 		d.why = DropUnspecified
-		c.s.logger().Debug("udp destination refused", "id", c.id, "dst", dst, "reason", pd.Reason)
+		c.s.logger().Debug("udp destination refused", "id", c.rec.ID, "dst", dst, "reason", pd.Reason)
 	}
 	if d.ok {
-		c.rule, c.route = pd.Rule, pd.Route.Rule // the log line names the last permitting rules
+		c.rec.Rule, c.rec.Route = pd.Rule, pd.Route.Rule // the log line names the last permitting rules
 	}
 	if pd.NumHooks > 0 && c.s.Hooks != nil {
 		c.s.Hooks.run(c, &q, &pd) // once per destination and association: decisions are cached
@@ -420,7 +440,7 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 		d.ok, d.list, d.in, d.why = d.chains != nil, pd.Route.String(), pd.Interfaces, DropNoRoute
 		if !d.ok {
 			c.s.logger().Warn("udp destination dropped: no alternative of its route is all SOCKS5",
-				"id", c.id, "dst", dst, "route", d.list)
+				"id", c.rec.ID, "dst", dst, "route", d.list)
 		}
 	default:
 		addrs := pd.Addrs
@@ -435,7 +455,7 @@ func (a *assoc) decide(dst wire.Addr) *udpDecision {
 			}
 		}
 		if !d.ok && len(addrs) > 0 {
-			c.s.logger().Warn("udp destination dropped", "id", c.id, "dst", dst, "err", errNoInterface)
+			c.s.logger().Warn("udp destination dropped", "id", c.rec.ID, "dst", dst, "err", errNoInterface)
 		}
 	}
 	a.mu.Lock()
@@ -455,9 +475,7 @@ func (a *assoc) viaHop(d *udpDecision, dst wire.Addr, payload []byte) bool {
 	if _, err := h.conn.WriteToUDPAddrPort(msg, h.a.Relay); err != nil {
 		return false
 	}
-	a.act.touch()
-	a.dgUp.Add(1)
-	a.up.Add(int64(len(payload)))
+	a.sent(true, len(payload))
 	return true
 }
 
@@ -496,7 +514,7 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 	defer a.mu.Unlock()
 	if err != nil {
 		a.hopWait[d.list] = time.Now().Add(hopRetry)
-		a.c.s.logger().Warn("udp associate with next hop failed", "id", a.c.id, "via", via, "err", err)
+		a.c.s.logger().Warn("udp associate with next hop failed", "id", a.c.rec.ID, "via", via, "err", err)
 		return nil
 	}
 	if a.closing.Load() {
@@ -507,7 +525,7 @@ func (a *assoc) hopFor(d *udpDecision) *hopAssoc {
 	h = &hopAssoc{a: as, conn: conn, chain: via}
 	a.hops[d.list] = h
 	a.wg.Add(2)
-	a.c.via = via
+	a.c.rec.Via = via
 	go a.fromRemotes(conn, as)
 	go func() {
 		// A hop that ends the association (its idle limit, a restart)
