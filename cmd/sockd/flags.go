@@ -42,6 +42,8 @@ type options struct {
 	maxSessions      int
 	maxClient        int
 	reloadSettle     time.Duration
+	proxyFrom        string
+	metricsListen    string
 	commandTimeout   time.Duration
 	maxCommands      int
 
@@ -93,6 +95,8 @@ func (o *options) serveFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.grace, "grace", 30*time.Second, "on SIGTERM, time sessions get to finish")
 	fs.IntVar(&o.maxSessions, "max-sessions", 0, "cap on concurrent sessions (0: none)")
 	fs.IntVar(&o.maxClient, "max-client-sessions", -1, "cap on the sessions of one client address (0: none; default a tenth of -max-sessions, or of the sessions the open-file limit allows, at least 8)")
+	fs.StringVar(&o.proxyFrom, "proxy-protocol-from", "", "load balancers, `CIDR[,CIDR...]`, whose connections start with a PROXY protocol header (v1 or v2) naming the client")
+	fs.StringVar(&o.metricsListen, "metrics-listen", "", "serve Prometheus metrics at /metrics and a health check at /healthz on this `address` (e.g. 127.0.0.1:9180)")
 	fs.DurationVar(&o.reloadSettle, "reload-settle", 1500*time.Millisecond, "a changed file is applied once its content has not changed for this long")
 	fs.DurationVar(&o.commandTimeout, "command-timeout", 30*time.Second, "time limit of a rule's shell command")
 	fs.IntVar(&o.maxCommands, "max-commands", 8, "shell commands running at once; more are skipped")

@@ -19,8 +19,10 @@ import (
 	"time"
 
 	sd "github.com/coreos/go-systemd/v22/daemon"
+	proxyproto "github.com/pires/go-proxyproto"
 
 	"github.com/sockd-ng/sockd/ident"
+	"github.com/sockd-ng/sockd/metrics"
 	"github.com/sockd-ng/sockd/policy"
 	"github.com/sockd-ng/sockd/relay"
 )
@@ -36,6 +38,9 @@ type daemon struct {
 	passwords livePasswords
 	srv       *relay.Server
 	watch     *watcher
+	metrics   *metrics.Metrics          // with -metrics-listen
+	proxy     proxyproto.ConnPolicyFunc // with -proxy-protocol-from
+	metricsLn net.Listener              // inherited from systemd, named "metrics"
 
 	cur        *config     // in force
 	seen       *config     // the files as the last look found them: in force, rejected or settling
@@ -83,6 +88,9 @@ func serve(name string, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	d := &daemon{o: o, log: log, notify: notifier{log}}
+	if in != nil {
+		d.metricsLn = in.metrics
+	}
 	if err := d.start(); err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
 			log.Error("cannot start", "err", line)
@@ -91,6 +99,9 @@ func serve(name string, args []string, stdout, stderr io.Writer) int {
 	}
 	if in != nil && in.conn != nil {
 		// One session, then exit: inetd "nowait", or systemd Accept=yes.
+		if d.proxy != nil {
+			in.conn = proxyConn(in.conn, d.proxy, d.o.handshakeTimeout)
+		}
 		d.srv.ServeConn(in.conn)
 		d.srv.Hooks.Wait()
 		return 0
@@ -131,6 +142,9 @@ func (d *daemon) start() error {
 	if err != nil {
 		return err
 	}
+	if d.proxy, err = d.o.proxyPolicy(); err != nil {
+		return err
+	}
 	d.install(c)
 	for _, fc := range frozenWarnings(&d.o) {
 		d.log.Warn("a frozen config exists; a legacy server would have read it instead of the text file; sockd never does", "frozen", fc)
@@ -154,6 +168,11 @@ func (d *daemon) start() error {
 		IdleTimeout:       d.o.idleTimeout,
 		MaxSessions:       d.o.maxSessions,
 		MaxClientSessions: d.o.maxClientSessions(),
+	}
+	if d.o.metricsListen != "" || d.metricsLn != nil {
+		d.metrics = metrics.New(d.srv, versionString())
+		d.metrics.Loaded(c.rules.RuleNames(), d.reloadedAt)
+		d.srv.Observer = d.metrics
 	}
 	return nil
 }
@@ -236,6 +255,9 @@ func (d *daemon) reload(why string, now bool) {
 		err = d.newlyEmpty(c)
 	}
 	if err != nil {
+		if d.metrics != nil {
+			d.metrics.Reloaded(false)
+		}
 		if msg := err.Error(); msg != d.rejected || now {
 			for _, line := range strings.Split(msg, "\n") {
 				d.log.Error("config reload rejected; keeping the rules in force", "why", why, "err", line, "sha256", d.cur.sum)
@@ -245,6 +267,10 @@ func (d *daemon) reload(why string, now bool) {
 		return
 	}
 	d.install(c)
+	if d.metrics != nil {
+		d.metrics.Loaded(c.rules.RuleNames(), d.reloadedAt)
+		d.metrics.Reloaded(true)
+	}
 	d.log.Info("config reloaded", "why", why, "file", d.o.config, "rules", c.rules.Len(), "sha256", c.sum)
 }
 
@@ -266,6 +292,13 @@ func (d *daemon) newlyEmpty(c *config) error {
 		return nil
 	}
 	return errors.New(strings.Join(errs, "\n"))
+}
+
+// setServing tells the health check whether new clients are taken.
+func (d *daemon) setServing(ok bool) {
+	if d.metrics != nil {
+		d.metrics.SetServing(ok)
+	}
 }
 
 // status is the STATUS= line for systemctl status: live sessions and the
@@ -300,6 +333,27 @@ func (d *daemon) run(lns []net.Listener) int {
 			}
 			lns = append(lns, ln)
 		}
+	}
+	if d.proxy != nil {
+		for i, ln := range lns {
+			lns[i] = proxyListener(ln, d.proxy, d.o.handshakeTimeout)
+		}
+	}
+	if d.metrics != nil {
+		mln := d.metricsLn
+		if mln == nil {
+			var err error
+			if mln, err = net.Listen("tcp", d.o.metricsListen); err != nil {
+				d.log.Error("cannot listen", "addr", d.o.metricsListen, "err", err)
+				for _, l := range lns {
+					l.Close()
+				}
+				return 1
+			}
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go serveMetrics(ctx, mln, d.metrics, d.log)
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -343,7 +397,9 @@ func (d *daemon) run(lns []net.Listener) int {
 		}()
 	}
 	d.notify.send(sd.SdNotifyReady, d.status())
+	d.setServing(true)
 	stop := func(why string) {
+		d.setServing(false) // a balancer sends no new clients while sessions finish
 		d.log.Info("stopping", "why", why, "sessions", d.srv.Sessions(), "grace", d.o.grace)
 		d.notify.send(sd.SdNotifyStopping, "STATUS=stopping: draining sessions")
 		ctx, cancel := context.WithTimeout(context.Background(), d.o.grace)

@@ -31,6 +31,7 @@ func (n notifier) send(lines ...string) {
 type inherited struct {
 	listeners []net.Listener
 	conn      net.Conn
+	metrics   net.Listener // the socket named "metrics", for -metrics-listen
 }
 
 // inheritedSockets looks for sockets passed by systemd (LISTEN_FDS) and,
@@ -46,16 +47,27 @@ func inheritedSockets() (*inherited, error) {
 			return nil, nil
 		}
 	}
-	var named []*os.File
+	in := &inherited{}
+	var named, rest []*os.File
 	for _, f := range files {
-		if f.Name() == "socks" {
+		switch f.Name() {
+		case "socks":
 			named = append(named, f)
+		case "metrics":
+			ln, err := net.FileListener(f)
+			if err != nil {
+				return nil, fmt.Errorf("inherited listener %s: %w", f.Name(), err)
+			}
+			f.Close()
+			in.metrics = ln
+		default:
+			rest = append(rest, f)
 		}
 	}
+	files = rest
 	if len(named) > 0 {
 		files = named
 	}
-	in := &inherited{}
 	for _, f := range files {
 		listening, err := unix.GetsockoptInt(int(f.Fd()), unix.SOL_SOCKET, unix.SO_ACCEPTCONN)
 		if err != nil {
