@@ -24,6 +24,7 @@ import (
 	"net/netip"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -74,7 +75,8 @@ type Client struct {
 
 // Lookup asks the identd on remote.Addr() who owns the TCP connection between
 // remote (the client's address and source port) and local (our address and
-// the port the client connected to). It dials from local.Addr(), port 0.
+// the port the client connected to). It dials from local.Addr(), port 0,
+// when this host has that address, else from the address the system picks.
 // IPv4-mapped IPv6 addresses are unmapped first.
 //
 // It returns the reply, or an error: the dial's (e.g. connection refused),
@@ -102,6 +104,12 @@ func (c *Client) Lookup(ctx context.Context, local, remote netip.AddrPort) (Repl
 
 	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(lip, 0))}
 	conn, err := d.DialContext(ctx, "tcp", server.String())
+	if errors.Is(err, syscall.EADDRNOTAVAIL) {
+		// local is not this host's (a load balancer's address, from a
+		// PROXY protocol header): ask from whatever address routes there.
+		d.LocalAddr = nil
+		conn, err = d.DialContext(ctx, "tcp", server.String())
+	}
 	if err != nil {
 		return Reply{}, fmt.Errorf("ident %s: %w", server, err)
 	}

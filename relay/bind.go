@@ -43,7 +43,7 @@ func (c *conn) bind(source policy.UserSource, reply encoder, code coder) error {
 		return c.bindVia(ctx, &d, allowed, reply, code)
 	}
 	c.rec.Via = "direct"
-	la := c.local.Addr()
+	la := c.ownAddr()
 	if d.Interfaces != nil {
 		src, _, ok := d.Interfaces.Source(allowed[0])
 		if !ok {

@@ -208,6 +208,23 @@ func (c *conn) park() bool {
 	return pk.park(c)
 }
 
+// ownAddr is the address the client reached the server on, for the
+// sockets a BIND or a UDP association opens: behind a load balancer, the
+// address its PROXY protocol header names when this host has it (the
+// balancer forwards without rewriting it, as IPVS direct routing does),
+// else the one the balancer connected to.
+func (c *conn) ownAddr() netip.Addr {
+	a := c.local.Addr()
+	if c.tcp == nil || c.tcp == c.c {
+		return a
+	}
+	if ln, err := net.ListenUDP("udp", &net.UDPAddr{IP: a.AsSlice()}); err == nil {
+		ln.Close()
+		return a
+	}
+	return addrPortOf(c.tcp.LocalAddr()).Addr()
+}
+
 // A stalled handshake is a parkee: it resumes where it stopped, and expires
 // with the handshake time limit.
 func (c *conn) slot() *parkSlot { return &c.ps }

@@ -182,7 +182,7 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 		return nil // no datagram of this client could pass: no sockets for it
 	}
 	c.rec.Via, c.rec.Reason = "direct", "udp association: each datagram judged"
-	cs, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.local.Addr().AsSlice()})
+	cs, err := net.ListenUDP("udp", &net.UDPAddr{IP: c.ownAddr().AsSlice()})
 	if err != nil {
 		return c.fail(reply, err)
 	}
