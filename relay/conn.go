@@ -60,6 +60,8 @@ type conn struct {
 	act            activity
 	halves         [2]*half
 
+	keptAlive atomic.Bool // keep-alive is on for out
+
 	// rec is what the session did, filled in as it goes: its log line
 	// and what the Observer counts.
 	rec Record
@@ -206,6 +208,22 @@ func (c *conn) park() bool {
 		c.buf, c.r, c.w = nil, 0, 0
 	}
 	return pk.park(c)
+}
+
+// keepAlive turns keep-alive probes on for the outbound connection, once,
+// when the session first goes quiet: a destination that vanishes without a
+// word then ends the session, as a client that does already does (accepted
+// sockets inherit keep-alive from the listener).
+func (c *conn) keepAlive() {
+	if c.keptAlive.Swap(true) {
+		return
+	}
+	c.mu.Lock()
+	out := c.out
+	c.mu.Unlock()
+	if tc, ok := out.(*net.TCPConn); ok {
+		tc.SetKeepAlive(true)
+	}
 }
 
 // ownAddr is the address the client reached the server on, for the
@@ -652,11 +670,11 @@ func (c *conn) connect(source policy.UserSource, reply encoder, code coder) erro
 // goroutines, which end it.
 var errRelaying = errors.New("relaying")
 
-// relay hands the session to two new goroutines, one per direction, and
-// returns errRelaying: the handshake goroutine, with the stack it grew,
-// is gone while the session idles. The second direction to finish ends the
-// session. Bytes the client sent after its request, while we connected,
-// go first.
+// relay runs the session's two directions, one in a new goroutine and one
+// in this one, and returns errRelaying once this one has parked or ended:
+// an idle session holds neither goroutine. The second direction to finish
+// ends the session. Bytes the client sent after its request, while we
+// connected, go first.
 func (c *conn) relay(out net.Conn) error {
 	if c.r < c.w {
 		n, err := out.Write(c.buf[c.r:c.w])
@@ -682,7 +700,7 @@ func (c *conn) relay(out net.Conn) error {
 	c.halves = [2]*half{up, down}
 	c.mu.Unlock()
 	go up.run()
-	go down.run()
+	down.run() // in this goroutine: it parks, or ends the session, soon enough
 	return errRelaying
 }
 

@@ -211,10 +211,22 @@ func (h *half) run() {
 	pk := h.c.s.parker()
 	idle := h.c.s.IdleTimeout
 	pool := &h.c.s.pipes
+	// With a parker, the read deadline is the linger time after the last
+	// byte, re-armed only when less than half of it is left: one timer
+	// change per half linger time of traffic, not one per read.
+	var last, armed time.Time
+	if pk != nil {
+		last = time.Now()
+	} else {
+		h.c.keepAlive() // it will never park
+	}
 	for {
 		switch {
 		case pk != nil:
-			h.st.SetReadDeadline(time.Now().Add(linger))
+			if armed.Sub(last) < linger/2 {
+				armed = last.Add(linger)
+				h.st.SetReadDeadline(armed)
+			}
 		case idle > 0:
 			h.st.SetReadDeadline(time.Now().Add(idle))
 		}
@@ -224,9 +236,15 @@ func (h *half) run() {
 				h.p = nil
 			}
 			if pk != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+				if time.Since(last) < linger {
+					armed = time.Time{} // bytes came meanwhile: wait on
+					continue
+				}
+				h.c.keepAlive()
 				if pk.park(h) {
 					return // a fresh goroutine takes over when src has bytes
 				}
+				last, armed = time.Now(), time.Time{}
 				continue
 			}
 			if wait, err := idleExpired(err, h.st, idle, &h.c.act); wait {
@@ -272,6 +290,9 @@ func (h *half) run() {
 		}
 		if idle > 0 {
 			h.c.act.touch()
+		}
+		if pk != nil {
+			last = time.Now()
 		}
 		// Keep the pipe: more data is likely; readF gives it back at
 		// EAGAIN.

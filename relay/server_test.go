@@ -14,12 +14,14 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/net/proxy"
+	"golang.org/x/sys/unix"
 
 	"github.com/sockd-ng/sockd/relay"
 	"github.com/sockd-ng/sockd/relay/relaytest"
@@ -756,4 +758,62 @@ func TestHandshakeParking(t *testing.T) {
 	}
 	srv.Log.WaitFor(t, "msg=conn", "proto=socks5", "err=\"handshake: read tcp", "i/o timeout")
 	srv.Log.WaitFor(t, "msg=conn", "proto=socks4", "user=bob", "reply=90")
+}
+
+// keepAliveTo reports whether this process's socket connected to peer has
+// keep-alive on (the relay's outbound socket, in these tests).
+func keepAliveTo(t *testing.T, peer string) bool {
+	t.Helper()
+	want := netip.MustParseAddrPort(peer)
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		fd, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		sa, err := unix.Getpeername(fd)
+		if err != nil {
+			continue
+		}
+		if in4, ok := sa.(*unix.SockaddrInet4); !ok || netip.AddrPortFrom(netip.AddrFrom4(in4.Addr), uint16(in4.Port)) != want {
+			continue
+		}
+		v, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v == 1
+	}
+	t.Fatalf("no socket connected to %s", peer)
+	return false
+}
+
+// Keep-alive on an outbound socket is turned on when its session first
+// goes quiet (parks), not for every session: a short one never pays for
+// it.
+func TestOutboundKeepAliveWhenQuiet(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	echo := relaytest.Echo(t)
+	srv := relaytest.NewServer(t, loopback)
+	c := dial(t, srv.Addr, "")
+	c.Write(append([]byte{5, 1, 0}, socks5Connect(echo)...))
+	expect(t, c, []byte{5, 0, 5, 0, 0, 1})
+	io.ReadFull(c, make([]byte, 6))
+	c.Write([]byte("x"))
+	expect(t, c, []byte("x"))
+	if keepAliveTo(t, echo) {
+		t.Fatal("keep-alive on before the session went quiet")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for relayGoroutines() > 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !keepAliveTo(t, echo) {
+		t.Fatal("keep-alive off on the outbound socket of a quiet session")
+	}
+	c.Write([]byte("y"))
+	expect(t, c, []byte("y"))
 }

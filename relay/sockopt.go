@@ -11,8 +11,8 @@ import (
 // Keep-alive probes find peers that vanished without a word, so that their
 // sessions end. Go sets four options on every socket it accepts or dials;
 // accepted sockets inherit them from the listening socket instead, so
-// ListenConfig sets them once there, and outbound sockets take the system's
-// timers with one option.
+// ListenConfig sets them once there, and an outbound socket takes the
+// system's timers with one option, set when its session first goes quiet.
 
 // Keep-alive timers of accepted connections: a silent peer is probed after
 // a minute, then every 15s, and given up after 4 unanswered probes.
@@ -38,15 +38,11 @@ func ListenConfig() *net.ListenConfig {
 	}
 }
 
-// defaultDialer dials outbound connections with keep-alive on, at the
-// system's timers.
+// defaultDialer dials outbound connections, without keep-alive: a
+// session turns it on, at the system's timers, when it goes quiet
+// (conn.keepAlive), so that short sessions do not pay for it.
 func defaultDialer() *net.Dialer {
-	return &net.Dialer{
-		KeepAlive: -1,
-		Control: func(network, address string, c syscall.RawConn) error {
-			return setsockopts(c, [][3]int{{unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1}})
-		},
-	}
+	return &net.Dialer{KeepAlive: -1}
 }
 
 func setsockopts(c syscall.RawConn, opts [][3]int) error {
