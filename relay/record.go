@@ -58,18 +58,18 @@ type Record struct {
 type Refusal uint8
 
 const (
-	NotRefused         Refusal = iota
-	RefusedRule                // a deny line
-	RefusedNoRule              // no line matched
-	RefusedIdentDown           // identd unreachable under ?=I (92)
-	RefusedIdentMismatch       // identd named another user (93)
-	RefusedRoute               // the routing file denies it, or no route matched
-	RefusedUnspecified         // an unspecified destination (0.0.0.0/8, ::)
-	RefusedMaxSessions         // -max-sessions
-	RefusedClientCap           // its client at -max-client-sessions (no session: see Observer.Refused)
-	RefusedAuth                // RFC 1929 failed, or no acceptable method
-	RefusedBadRequest          // malformed, unknown command or address type, SOCKS4 without -auth none
-	RefusedWrongPeer           // a BIND peer other than the one named
+	NotRefused           Refusal = iota
+	RefusedRule                  // a deny line
+	RefusedNoRule                // no line matched
+	RefusedIdentDown             // identd unreachable under ?=I (92)
+	RefusedIdentMismatch         // identd named another user (93)
+	RefusedRoute                 // the routing file denies it, or no route matched
+	RefusedUnspecified           // an unspecified destination (0.0.0.0/8, ::)
+	RefusedMaxSessions           // -max-sessions
+	RefusedClientCap             // its client at -max-client-sessions (no session: see Observer.Refused)
+	RefusedAuth                  // RFC 1929 failed, or no acceptable method
+	RefusedBadRequest            // malformed, unknown command or address type, SOCKS4 without -auth none
+	RefusedWrongPeer             // a BIND peer other than the one named
 	NumRefusals
 )
 
