@@ -1,0 +1,88 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+)
+
+// benchConf is a sockd.conf of n lines in the style of a large site: a
+// mix of address, name and user rules, comments and a few blank lines
+// (the file grammar's and policy's benchmarks use).
+func benchConf(n int) string {
+	var b strings.Builder
+	b.WriteString("# generated\n#NO_IDENTD: logger -t sockd no identd on %A\n")
+	for i := 2; i < n; i++ {
+		hi, lo := i>>8&0xff, i&0xff
+		switch i % 10 {
+		case 0:
+			fmt.Fprintf(&b, "# block %d\n", i)
+		case 1:
+			fmt.Fprintf(&b, "permit 10.%d.%d.0 255.255.255.0 172.16.%d.0 255.255.255.0 eq %d\n", hi, lo, lo, 1000+i%1000)
+		case 2:
+			fmt.Fprintf(&b, "deny 10.%d.%d.0 255.255.255.0 ALL 0.0.0.0 eq telnet : logger -t sockd telnet %%u@%%a\n", hi, lo)
+		case 3:
+			fmt.Fprintf(&b, "permit *=u%d,v%d 10.%d.%d.0/24 192.168.%d.0 255.255.0.255 neq 25\n", i, i, hi, lo, lo)
+		case 4:
+			fmt.Fprintf(&b, "permit ALL 0.0.0.0 .site%d.example 0.0.0.0 eq 443\n", i)
+		case 5:
+			fmt.Fprintf(&b, "deny ?=n ALL 0.0.0.0 host%d.example.com 0.0.0.0\n", i)
+		case 6:
+			fmt.Fprintf(&b, "permit ?=i .branch%d.example 0.0.0.0 ALL 0.0.0.0 eq 22\n", i)
+		case 7:
+			fmt.Fprintf(&b, "permit [fd00:%x::/32] [2001:db8:%x::/48] eq 8000-8100\n", i, i)
+		case 8:
+			fmt.Fprintf(&b, "permit 10.%d.%d.%d/32 203.0.113.0/24 gt 1023\n", hi, lo, i%251)
+		case 9:
+			b.WriteString("\n")
+		}
+	}
+	return b.String()
+}
+
+// BenchmarkLoad loads a 10,000-line sockd.conf as a start or reload does
+// (read, parse, compile). live-MB is what the loaded config keeps on the
+// heap. The check sub-benchmark runs "sockd check" on it as a process and
+// reports its peak resident size (ru_maxrss) as peak-RSS-MB.
+func BenchmarkLoad(b *testing.B) {
+	conf := filepath.Join(b.TempDir(), "sockd.conf")
+	if err := os.WriteFile(conf, []byte(benchConf(10000)), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("load", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := load(&options{config: conf}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		c, err := load(&options{config: conf})
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if err != nil {
+			b.Fatal(err)
+		}
+		runtime.KeepAlive(c)
+		b.ReportMetric(float64(int64(after.HeapAlloc)-int64(before.HeapAlloc))/(1<<20), "live-MB")
+	})
+	b.Run("check", func(b *testing.B) {
+		var peak int64
+		for b.Loop() {
+			cmd := command("check", "-config", conf)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				b.Fatalf("sockd check: %v\n%.2000s", err, out)
+			}
+			if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+				peak = max(peak, ru.Maxrss) // KiB on Linux
+			}
+		}
+		b.ReportMetric(float64(peak)/1024, "peak-RSS-MB")
+	})
+}
