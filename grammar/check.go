@@ -12,7 +12,7 @@ import (
 func (f *File) addSockdLine(l *sockdLine, errs *ErrorList) {
 	switch {
 	case l.Special != nil:
-		s := &Special{Pos: l.Special.Pos, Command: l.Special.Cmd}
+		s := &Special{Pos: l.Special.Pos, Command: trimCommand(l.Special.Cmd)}
 		kind := strings.TrimSuffix(strings.TrimPrefix(l.Special.Kind, "#"), ":")
 		slot := &f.NoIdentd
 		if kind == "BAD_ID" {
@@ -90,8 +90,13 @@ func checkTail(port *portSyntax, extra []*anySyntax, cmd *cmdSyntax, errs *Error
 	if cmd == nil {
 		return pt, "", Pos{}
 	}
-	return pt, cmd.Text, cmd.Pos
+	return pt, trimCommand(cmd.Text), cmd.Pos
 }
+
+// trimCommand drops the blanks at the end of a command, CR among them
+// (sockd.conf(5): CR is a blank): they mean nothing to the shell, and a
+// CR there would read back as the end of a CRLF line.
+func trimCommand(s string) string { return strings.TrimRight(s, " \t\r\v\f") }
 
 // nextPos is where the source address of rs should have been: at the first
 // token after the action and its options, or just after the last of them.
