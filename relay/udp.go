@@ -10,7 +10,10 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/sockd-ng/sockd/grammar"
 	"github.com/sockd-ng/sockd/policy"
@@ -35,6 +38,7 @@ import (
 // within an idle limit.
 
 const (
+	udpReadBuffer = 4 << 20
 	maxDatagram   = 65535
 	decisionCache = 256 // destinations remembered per association
 	maxRemotes    = 4096
@@ -55,7 +59,7 @@ type assoc struct {
 	sentTo  map[netip.AddrPort]struct{}
 	cache   map[wire.Addr]*udpDecision
 	version *policy.Ruleset
-	remotes map[netip.Addr]*net.UDPConn // facing direct destinations, by local address
+	remotes map[netip.Addr]*remote // facing direct destinations, by local address
 	hops    map[string]*hopAssoc        // by the route's server list
 	hopWait map[string]time.Time        // server lists whose hops all failed, until then
 
@@ -186,8 +190,11 @@ func (c *conn) udp(source policy.UserSource, reply encoder) error {
 	if err != nil {
 		return c.fail(reply, err)
 	}
+	// Room for a burst while the relay is not scheduled: a limit, not an
+	// allocation (the kernel caps it at net.core.rmem_max).
+	cs.SetReadBuffer(udpReadBuffer)
 	a := &assoc{c: c, source: source, client: cs, sentTo: map[netip.AddrPort]struct{}{},
-		cache: map[wire.Addr]*udpDecision{}, remotes: map[netip.Addr]*net.UDPConn{},
+		cache: map[wire.Addr]*udpDecision{}, remotes: map[netip.Addr]*remote{},
 		hops: map[string]*hopAssoc{}, hopWait: map[string]time.Time{}}
 	if c.rec.Dst.IP.IsValid() && !c.rec.Dst.IP.IsUnspecified() {
 		a.from = netip.AddrPortFrom(c.rec.Dst.IP, c.rec.Dst.Port)
@@ -241,7 +248,7 @@ func (a *assoc) close() {
 	a.client.Close()
 	a.mu.Lock()
 	for _, r := range a.remotes {
-		r.Close()
+		r.conn.Close()
 	}
 	for _, h := range a.hops {
 		h.a.Close()
@@ -250,64 +257,138 @@ func (a *assoc) close() {
 	a.mu.Unlock()
 }
 
-// fromClient takes the client's datagrams, judges and forwards them.
+// fromClient takes the client's datagrams, judges and forwards them, in
+// batches (udpbatch.go).
 func (a *assoc) fromClient() {
 	defer a.wg.Done()
-	buf := make([]byte, maxDatagram)
+	rc, err := a.client.SyscallConn()
+	if err != nil {
+		return
+	}
+	var (
+		in    *udpBatch // taken only while the socket has datagrams
+		n     int
+		errno syscall.Errno
+	)
+	read := func(fd uintptr) bool {
+		if in == nil {
+			in = readBatches.Get().(*udpBatch)
+		}
+		n, errno = in.recvmmsg(fd)
+		if errno == unix.EAGAIN {
+			readBatches.Put(in)
+			in = nil
+			return false
+		}
+		return true
+	}
+	out := sendBatches.Get().(*udpBatch)
+	defer sendBatches.Put(out)
 	clientIP := a.c.rec.Client.Addr()
+	var remembered netip.AddrPort
 	for {
-		n, src, err := a.client.ReadFromUDPAddrPort(buf)
+		if err := rc.Read(read); err != nil || errno != 0 {
+			if in != nil {
+				readBatches.Put(in)
+			}
+			return // closed
+		}
+		var to *remote // the socket the queued datagrams go out on
+		queued := 0
+		for i := range n {
+			buf, src := in.datagram(i)
+			if src.Addr() != clientIP || a.from.Port() != 0 && src.Port() != a.from.Port() {
+				a.drop(DropSource)
+				continue
+			}
+			h, hl, err := wire.ParseUDPHeader(buf)
+			if err != nil || h.Frag != 0 {
+				a.drop(DropMalformed) // fragments are not supported
+				continue
+			}
+			if p := a.peer.Load(); p == nil || *p != src {
+				peer := src
+				a.peer.Store(&peer)
+			}
+			if h.Addr.Name != "" {
+				h.Addr = destination(h.Addr.Name, h.Addr.Port)
+			}
+			d := a.decide(h.Addr)
+			if !d.ok {
+				a.drop(d.why)
+				continue
+			}
+			payload := buf[hl:]
+			if d.chains != nil {
+				if !a.viaHop(d, h.Addr, payload) {
+					a.drop(DropHopDown)
+				}
+				continue
+			}
+			if policy.Unspecified(d.to.Addr()) { // the Decider must not permit one; never send there
+				a.drop(DropUnspecified)
+				continue
+			}
+			r := a.remoteFor(d.src)
+			if r == nil {
+				a.drop(DropSendFailed)
+				continue
+			}
+			if r != to {
+				a.flush(to, out, queued)
+				to, queued = r, 0
+			}
+			if !out.add(queued, payload, d.to, r.inet6) {
+				a.drop(DropSendFailed) // an IPv6 destination from an IPv4 address
+				continue
+			}
+			queued++
+			if d.to != remembered {
+				a.remember(d.to)
+				remembered = d.to
+			}
+		}
+		a.flush(to, out, queued)
+	}
+}
+
+// remote is a socket facing direct destinations.
+type remote struct {
+	conn  *net.UDPConn
+	rc    syscall.RawConn
+	inet6 bool // an AF_INET6 socket (dual-stack); else AF_INET
+}
+
+// flush sends the n datagrams queued in b on r, and counts them.
+func (a *assoc) flush(r *remote, b *udpBatch, n int) {
+	for i := 0; i < n; {
+		var sent int
+		var errno syscall.Errno
+		err := r.rc.Write(func(fd uintptr) bool {
+			sent, errno = b.sendmmsg(fd, i, n)
+			return errno != unix.EAGAIN
+		})
 		if err != nil {
+			for ; i < n; i++ {
+				a.drop(DropSendFailed)
+			}
 			return
 		}
-		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
-		if src.Addr() != clientIP || a.from.Port() != 0 && src.Port() != a.from.Port() {
-			a.drop(DropSource)
-			continue
+		for range sent {
+			a.sent(true, int(b.iovs[i].Len))
+			i++
 		}
-		h, hl, err := wire.ParseUDPHeader(buf[:n])
-		if err != nil || h.Frag != 0 {
-			a.drop(DropMalformed) // fragments are not supported
-			continue
+		if errno != 0 {
+			a.drop(DropSendFailed) // the i-th would not go: skip it
+			i++
 		}
-		a.peer.Store(&src)
-		if h.Addr.Name != "" {
-			h.Addr = destination(h.Addr.Name, h.Addr.Port)
-		}
-		d := a.decide(h.Addr)
-		if !d.ok {
-			a.drop(d.why)
-			continue
-		}
-		payload := buf[hl:n]
-		if d.chains != nil {
-			if !a.viaHop(d, h.Addr, payload) {
-				a.drop(DropHopDown)
-			}
-			continue
-		}
-		if policy.Unspecified(d.to.Addr()) { // the Decider must not permit one; never send there
-			a.drop(DropUnspecified)
-			continue
-		}
-		out := a.remoteFor(d.src)
-		if out == nil {
-			a.drop(DropSendFailed)
-			continue
-		}
-		a.remember(d.to)
-		if _, err := out.WriteToUDPAddrPort(payload, d.to); err != nil {
-			a.drop(DropSendFailed)
-			continue
-		}
-		a.sent(true, len(payload))
 	}
 }
 
 // remoteFor returns the socket that sends to direct destinations from src
 // (any address when src is the zero Addr), opening it on first use, and
 // nil if it cannot be had.
-func (a *assoc) remoteFor(src netip.Addr) *net.UDPConn {
+func (a *assoc) remoteFor(src netip.Addr) *remote {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r, ok := a.remotes[src]; ok {
@@ -320,14 +401,24 @@ func (a *assoc) remoteFor(src netip.Addr) *net.UDPConn {
 	if src.IsValid() {
 		la = &net.UDPAddr{IP: src.AsSlice()}
 	}
-	r, err := net.ListenUDP("udp", la)
+	conn, err := net.ListenUDP("udp", la)
+	var rc syscall.RawConn
+	if err == nil {
+		rc, err = conn.SyscallConn()
+	}
 	if err != nil {
 		a.c.s.logger().Warn("udp socket for direct destinations", "id", a.c.rec.ID, "src", src, "err", err)
 		return nil
 	}
+	r := &remote{conn: conn, rc: rc}
+	rc.Control(func(fd uintptr) {
+		if sa, err := unix.Getsockname(int(fd)); err == nil {
+			_, r.inet6 = sa.(*unix.SockaddrInet6)
+		}
+	})
 	a.remotes[src] = r
 	a.wg.Add(1)
-	go a.fromRemotes(r, nil)
+	go a.fromRemotes(conn, nil)
 	return r
 }
 

@@ -379,3 +379,94 @@ func TestUDPAssociateRefused(t *testing.T) {
 	}
 	srv.Log.WaitFor(t, "cmd=udp", "client=127.0.0.2", "rule=sockd.conf:1", "action=deny", "reply=2")
 }
+
+// A burst of datagrams, read and sent in batches, arrives whole and in
+// order: sizes from empty to 60,000 bytes, two destinations interleaved (so
+// batches split between them), with a datagram to a denied destination and
+// a malformed one among them.
+func TestUDPBurst(t *testing.T) {
+	relaytest.CheckLeaks(t)
+	type sink struct {
+		addr netip.AddrPort
+		mu   sync.Mutex
+		got  [][]byte
+	}
+	start := func() *sink {
+		pc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc.SetReadBuffer(8 << 20)
+		t.Cleanup(func() { pc.Close() })
+		s := &sink{addr: pc.LocalAddr().(*net.UDPAddr).AddrPort()}
+		go func() {
+			buf := make([]byte, 65535)
+			for {
+				n, _, err := pc.ReadFromUDPAddrPort(buf)
+				if err != nil {
+					return
+				}
+				s.mu.Lock()
+				s.got = append(s.got, bytes.Clone(buf[:n]))
+				s.mu.Unlock()
+			}
+		}()
+		return s
+	}
+	a, b, denied := start(), start(), start()
+	srv := relaytest.NewServer(t, "deny ALL 0.0.0.0 127.0.0.1/32 eq "+itoa(denied.addr.Port())+"\n"+loopback)
+	ctl, relayAddr := associate(t, srv.Addr)
+	defer ctl.Close()
+	u := udpClient(t, "127.0.0.1")
+	const n = 300
+	var want [2][][]byte
+	for i := range n {
+		size := (i * 137) % 1400
+		if i%50 == 7 {
+			size = 60000
+		}
+		p := make([]byte, size)
+		for j := range p {
+			p[j] = byte(i + j)
+		}
+		to := [2]*sink{a, b}[i%2]
+		want[i%2] = append(want[i%2], p)
+		if _, err := u.WriteToUDPAddrPort(append(header(0, to.addr), p...), relayAddr); err != nil {
+			t.Fatal(err)
+		}
+		if i == 100 {
+			u.WriteToUDPAddrPort(append(header(0, denied.addr), "no"...), relayAddr)
+			u.WriteToUDPAddrPort([]byte{0, 0}, relayAddr) // malformed
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		a.mu.Lock()
+		b.mu.Lock()
+		done := len(a.got) == len(want[0]) && len(b.got) == len(want[1])
+		b.mu.Unlock()
+		a.mu.Unlock()
+		if done || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for k, s := range []*sink{a, b} {
+		s.mu.Lock()
+		if len(s.got) != len(want[k]) {
+			t.Errorf("destination %d: %d datagrams, want %d", k, len(s.got), len(want[k]))
+		}
+		for i := range min(len(s.got), len(want[k])) {
+			if !bytes.Equal(s.got[i], want[k][i]) {
+				t.Errorf("destination %d, datagram %d: %d bytes, want %d (or other bytes)", k, i, len(s.got[i]), len(want[k][i]))
+				break
+			}
+		}
+		s.mu.Unlock()
+	}
+	if len(denied.got) != 0 {
+		t.Error("the denied destination got a datagram")
+	}
+	ctl.Close()
+	srv.Log.WaitFor(t, "cmd=udp", "dgrams_up="+strconv.Itoa(n), "dgrams_dropped=2", "dropped=\"malformed:1 denied:1\"")
+}
