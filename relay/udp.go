@@ -60,8 +60,8 @@ type assoc struct {
 	cache   map[wire.Addr]*udpDecision
 	version *policy.Ruleset
 	remotes map[netip.Addr]*remote // facing direct destinations, by local address
-	hops    map[string]*hopAssoc        // by the route's server list
-	hopWait map[string]time.Time        // server lists whose hops all failed, until then
+	hops    map[string]*hopAssoc   // by the route's server list
+	hopWait map[string]time.Time   // server lists whose hops all failed, until then
 
 	up, down, dgUp, dgDown atomic.Int64
 	dropped                drops
