@@ -88,6 +88,7 @@ func clientMain(args []string) int {
 	maxSetups := fs.Int("max", 10000, "bind: at most this many set-ups")
 	counts := fs.String("counts", "1000", "idle: comma-separated session counts to reach in turn")
 	workers := fs.Int("workers", 64, "idle: connections opened at once")
+	closeFirst := fs.Bool("closefirst", false, "connrate: close once the echo is read, without waiting for the server's end of stream")
 	fs.Parse(args)
 
 	out := json.NewEncoder(os.Stdout)
@@ -108,7 +109,7 @@ func clientMain(args []string) int {
 	case "stream":
 		out.Encode(runStreams(*proxy, dst, *streams, *perStream, *bufSize, *timeout))
 	case "connrate":
-		out.Encode(runConnRate(*proxy, dst, *clients, *dur, *size))
+		out.Encode(runConnRate(*proxy, dst, *clients, *dur, *size, *closeFirst))
 	case "idle":
 		steps, err := parseCounts(*counts)
 		if err != nil {
@@ -203,10 +204,11 @@ func sendStream(c net.Conn, n int64, bufSize int, deadline time.Time) error {
 
 // runConnRate runs clients loops of connect, handshake, 1 KiB echo and
 // close until dur has passed, and reports the rate and the handshake
-// latency percentiles.
-func runConnRate(proxy string, dst netip.AddrPort, clients int, dur time.Duration, size int) connResult {
+// latency percentiles. With closeFirst the client closes as soon as it has
+// the echo, instead of reading the server's end of stream first.
+func runConnRate(proxy string, dst netip.AddrPort, clients int, dur time.Duration, size int, closeFirst bool) connResult {
 	st := runLoad(clients, dur, 0, size, func(payload, buf []byte) (time.Duration, time.Duration, error) {
-		hs, err := echoOnce(proxy, dst, payload, buf)
+		hs, err := echoOnce(proxy, dst, payload, buf, closeFirst)
 		return hs, 0, err
 	})
 	return connResult{
@@ -271,8 +273,9 @@ func runLoad(clients int, dur time.Duration, limit, size int, once func(payload,
 
 // echoOnce makes one connection and returns the time from the start of
 // the TCP connect until the proxy's success reply was read (for direct:
-// until the connect completed), or 0 if that failed.
-func echoOnce(proxy string, dst netip.AddrPort, payload, buf []byte) (time.Duration, error) {
+// until the connect completed), or 0 if that failed. Unless closeFirst, it
+// waits for the server's end of stream before it closes.
+func echoOnce(proxy string, dst netip.AddrPort, payload, buf []byte, closeFirst bool) (time.Duration, error) {
 	t0 := time.Now()
 	deadline := t0.Add(opTimeout)
 	c, err := dialPath(proxy, dst, deadline)
@@ -287,6 +290,9 @@ func echoOnce(proxy string, dst netip.AddrPort, payload, buf []byte) (time.Durat
 	}
 	if _, err := io.ReadFull(c, buf); err != nil {
 		return hs, err
+	}
+	if closeFirst {
+		return hs, nil
 	}
 	return hs, awaitEOF(c)
 }

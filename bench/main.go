@@ -1,42 +1,83 @@
-// Command bench measures sockd against Dante (danted 1.4) and against no
-// proxy at all, in one run, and prints the figures side by side as a
-// markdown table with ratios, followed by a second table for chains of
-// sockd processes.
+// Command bench measures sockd against its peers, glider, HAProxy and
+// Dante (danted 1.4), and against no proxy at all, in one run, and prints
+// the figures side by side as a markdown table with ratios (every path to
+// direct, and sockd to each peer), followed by a second table for chains
+// of sockd processes.
 //
-//	go run ./bench                 full run (about 5 to 6 1/2 minutes)
-//	go run ./bench -quick          smoke run (under a minute)
-//	go run ./bench -out bench.json also write every figure as JSON
+//	go run ./bench                 full run (about 6 1/2 to 8 1/2 minutes with glider)
+//	go run ./bench -quick          smoke run (about 1 1/2 minutes with glider)
+//	go run ./bench -out bench.json also write every figure (and ratio) as JSON
+//	go run ./bench -glider PATH    also measure glider (PATH: its binary)
+//	go run ./bench -haproxy ''     leave HAProxy out (default: haproxy on PATH)
 //	go run ./bench -dante ''       leave Dante out
 //	go run ./bench -chains=false   leave the chain paths out
 //	go run ./bench -keep           keep the configs and server logs
 //
 // Run it from the module root, as root if Dante is measured (danted drops
 // to user nobody). Without -sockd it builds ./cmd/sockd into a temp dir.
+// Every sockd process runs with -log-level warn and -max-client-sessions
+// 0: all the load comes from one address, 127.0.0.1, and the default cap
+// per client (a tenth of what the fd limit allows, 996 under 20,000 fds)
+// would stop the idle runs far short of 9,900 sessions.
+// glider (github.com/nadoo/glider) is not built here: give -glider the
+// path of a binary built from its repository (go build in a checkout);
+// without it glider is left out and the report says so. HAProxy is
+// measured when -haproxy (default "haproxy") is found on PATH; Dante when
+// -dante (default /usr/sbin/danted) exists. A peer left out has no column
+// in the main table.
 //
-// Five paths are measured: direct (the load client straight to the
-// backend over loopback), through sockd, through Dante, and through two
-// chains of sockd processes: "sockd 1 hop", client → sockd A → sockd B →
-// backend, and "sockd 2 hops", client → A → B → C → backend. In a chain
-// every process has the same sockd.conf and -log-level warn; each but the
-// last has -routes with a routing file (socks.conf) of one line,
-// "sockd @=socks5://NEXT ALL 0.0.0.0", so that it sends every destination
-// through the next; the last goes direct. (One process can also route
+// Up to seven paths are measured: direct (the load client straight to the
+// backend over loopback), through sockd, through glider, through HAProxy,
+// through Dante, and through two chains of sockd processes: "sockd 1
+// hop", client → sockd A → sockd B → backend, and "sockd 2 hops", client →
+// A → B → C → backend. In a chain every process has the same sockd.conf
+// and flags; each but the last has -routes with a routing file
+// (socks.conf) of one line, "sockd @=socks5://NEXT ALL 0.0.0.0", so that
+// it sends every destination through the next; the last goes direct. (One process can also route
 // through a whole chain, "sockd @=socks5://B>socks5://C ALL 0.0.0.0"; the
 // harness measures separate processes, each routing to the next, as an
 // operator deploys them.) The SOCKS5 client code is the same for every
-// proxy: no authentication, IPv4 addresses, each step waiting for the
-// reply before the next (no pipelining).
+// SOCKS server (sockd, glider, Dante): no authentication, IPv4 addresses,
+// each step waiting for the reply before the next (no pipelining).
+//
+// glider runs as a SOCKS5 server, "glider -listen socks5://127.0.0.1:PORT
+// -check disable", with no forwarder (it connects direct, and so checks
+// no forwarder's health) and not verbose (no log line per connection);
+// it serves SOCKS5 UDP on the same port. Two things set it apart: it
+// sends the CONNECT success reply before it connects to the destination
+// (so its handshake latency leaves out the outbound connect), and when the
+// backend closes it does not pass the close on to the client but waits up
+// to 5 s for the client's side to end (a read deadline in its relay). So
+// in its connection-rate runs, and only there, the load client closes as
+// soon as it has read the echo rather than waiting for the end of stream
+// (3 below); its TIME_WAIT states then land on the client's ephemeral
+// ports, which is why glider is measured last in each round, after Dante.
+// glider has no BIND (it answers only CONNECT and UDP ASSOCIATE).
+//
+// HAProxy (Debian's haproxy, TCP mode) is the ceiling for any relay: no
+// SOCKS at all. Since it forwards a frontend to one fixed backend address,
+// it gets a frontend on a free loopback port for each backend service the
+// TCP load uses (sink, echo-once, echo), and the load client connects to
+// that frontend as if it were the backend, with no handshake: for HAProxy
+// the "handshake" latency is the TCP connect to it, as for direct. Its
+// config (written to the temp dir, run as "haproxy -f CONF -db", the
+// foreground, never the system service): nbthread 2, maxconn 9950 (as
+// high as the 20,000-fd limit allows with 16 splice pipes, maxpipes 16),
+// splice both ways, no logging, no health checks, balance first, connect
+// timeout 10 s and client and server timeouts of an hour, so that nothing
+// is cut. It is measured on the TCP figures (1 to 5) and idle sessions
+// (9), not on UDP and BIND, whose cells stay empty ("–").
 //
 // The backend listens on 127.0.0.5 for every path, because sockd sends a
 // destination of exactly 127.0.0.1 direct whatever its routing file says
 // (a legacy rule), which would skip the hops; the load client and the
 // proxies listen and connect from 127.0.0.1. Both are the same loopback
-// device, so this costs direct, sockd and Dante nothing. After each
+// device, so this costs direct, sockd and the peers nothing. After each
 // chain's single-stream run the harness checks that every process of the
 // chain used CPU (at least a tenth of the front one's), and reports it
 // as a problem otherwise.
 //
-// TCP CONNECT, on all five paths:
+// TCP CONNECT, on all seven paths (HAProxy: plain TCP through it):
 //
 //  1. Single-stream throughput: one TCP stream carries a fixed amount
 //     (4 GiB; -quick 256 MiB) to a sink, 256 KiB reads and writes on both
@@ -55,14 +96,17 @@
 //     close travels hop by hop, each process closing towards the one
 //     before it first, so the TIME_WAITs land on listening ports there too.
 //  4. Handshake latency p50/p99 from those runs: from the start of the TCP
-//     connect until the SOCKS5 success reply is read (direct: until the
-//     connect completes).
+//     connect until the SOCKS5 success reply is read (direct and HAProxy:
+//     until the connect completes; glider replies before it connects).
 //  5. Server CPU seconds per GiB relayed: utime+stime (+cutime+cstime,
 //     which holds the CPU of reaped children) from /proc/<pid>/stat, summed
 //     over the server's process tree (for a chain: over all its sockd
-//     processes), across each throughput run.
+//     processes), across each throughput run. And server CPU ms per 1,000
+//     sessions: the same CPU time across each connection-rate run (32 and
+//     256 clients) divided by the sessions completed, × 1,000.
 //
-// UDP and BIND, on direct, sockd and Dante (not on the chains):
+// UDP and BIND, on direct, sockd, glider (UDP only) and Dante (not on
+// HAProxy, not on the chains):
 //
 //  6. UDP request-response: with 1 and with 16 associations at once for
 //     1.5 s (-quick 0.5 s), each sends a 512-byte datagram to the
@@ -99,24 +143,28 @@
 // loopback clients, a third bindreply and udpreply from loopback to
 // loopback clients.
 //
-// Idle sessions, on direct, sockd and Dante:
+// Idle sessions, on direct, sockd, glider, HAProxy and Dante:
 //
 //  9. Server memory (PSS from /proc/<pid>/smaps_rollup) and open fds
 //     (/proc/<pid>/fd), summed over the process tree, with no sessions
-//     and with 1,000 and 9,900 idle SOCKS5 sessions held open (sampled 2 s
-//     after they are established), and the cost per session:
-//     (value with N - value with 0) / N, and marginally between the two
-//     counts, where fixed costs cancel out. A fresh backend and server are
+//     and with 1,000 and 9,900 idle sessions held open (sampled 2 s after
+//     they are established; SOCKS5 CONNECT sessions to the echo server,
+//     through HAProxy plain connections to its echo frontend), and the
+//     cost per session: (value with N - value with 0) / N, and marginally
+//     between the two counts, where fixed costs cancel out. A fresh backend and server are
 //     started for this. Afterwards every session must still echo a byte,
 //     then the backend closes first (TIME_WAIT again) and the client.
 //
 // For the direct path the "server" figures of 5 and 9 are the backend's
-// (the sink or echo server), as a reference for what the bare sockets cost.
+// (the sink, echo-once or echo server), as a reference for what the bare
+// sockets cost; so is its CPU ms per 1,000 sessions (the echo-once
+// server's).
 //
 // Measurements 1 to 8 are made in rounds (-rounds, default 3; -quick 1):
-// each round runs all of them on every path in turn, all the servers
-// staying up for the whole phase, so that other work on the machine
-// disturbs the paths alike. The tables show the median of the rounds with
+// each round runs all of them on every path in turn (direct, sockd,
+// HAProxy, Dante, glider, the chains), all the servers staying up for the
+// whole phase, so that other work on the machine disturbs the paths
+// alike. The tables show the median of the rounds with
 // the lowest and highest value; the latency figures are the medians of
 // each round's p50 and p99.
 //
@@ -127,8 +175,11 @@
 // connections, lost or malformed datagrams, failed BIND set-ups, sessions
 // a server could not hold, a chain process the traffic did not cross,
 // anything a server wrote to stderr (sockd runs at -log-level warn;
-// Dante's info lines are left out). These are reported, never asserted:
-// this is no test.
+// Dante's info lines are left out), a peer left out and why. These are
+// reported, never asserted: this is no test. With -out, the JSON has the
+// table's figures and, per row, the ratios of the medians ("sockd/direct",
+// "glider/direct", "haproxy/direct", "dante/direct", "sockd/glider",
+// "sockd/haproxy", "sockd/dante", and the chains' to direct and to sockd).
 //
 // Processes: the harness re-executes itself as "bench backend" (TCP sink
 // and echo servers, UDP echo server and sink) and "bench client" (the
@@ -143,6 +194,7 @@
 package main
 
 import (
+	"debug/buildinfo"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -169,14 +221,16 @@ func main() {
 
 // options are the harness's flags.
 type options struct {
-	sockd  string
-	dante  string
-	quick  bool
-	out    string
-	idle   string
-	keep   bool
-	chains bool
-	rounds int
+	sockd   string
+	dante   string
+	glider  string
+	haproxy string
+	quick   bool
+	out     string
+	idle    string
+	keep    bool
+	chains  bool
+	rounds  int
 }
 
 func parseOptions(args []string) (options, error) {
@@ -184,6 +238,8 @@ func parseOptions(args []string) (options, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.StringVar(&o.sockd, "sockd", "", "sockd `binary` (empty: build ./cmd/sockd)")
 	fs.StringVar(&o.dante, "dante", "/usr/sbin/danted", "danted `binary` (empty: leave Dante out)")
+	fs.StringVar(&o.glider, "glider", "", "glider `binary`, measured as a SOCKS5 server (empty: leave glider out)")
+	fs.StringVar(&o.haproxy, "haproxy", "haproxy", "haproxy `binary`, looked up on PATH, measured forwarding plain TCP (empty: leave HAProxy out)")
 	fs.BoolVar(&o.quick, "quick", false, "smaller sizes and shorter runs, for a smoke test")
 	fs.StringVar(&o.out, "out", "", "also write all figures as JSON to `file`")
 	fs.IntVar(&o.rounds, "rounds", 0, "rounds of the throughput and connection runs; the table shows medians (default 3; -quick 1)")
@@ -258,6 +314,8 @@ type facts struct {
 	Kernel  string  `json:"kernel"`
 	Go      string  `json:"go"`
 	Sockd   string  `json:"sockd"`
+	Glider  string  `json:"glider,omitempty"`
+	HAProxy string  `json:"haproxy,omitempty"`
 	Dante   string  `json:"dante,omitempty"`
 	NoFile  uint64  `json:"rlimit_nofile"`
 	LoadAvg string  `json:"loadavg_at_start"`
@@ -265,7 +323,7 @@ type facts struct {
 	Seconds float64 `json:"seconds"`
 }
 
-func machineFacts(sockd, dante string) facts {
+func machineFacts(sockd, glider, haproxy, dante string) facts {
 	f := facts{
 		Command: "go run ./bench " + strings.Join(os.Args[1:], " "),
 		NProc:   runtime.NumCPU(),
@@ -275,6 +333,12 @@ func machineFacts(sockd, dante string) facts {
 	}
 	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
 		f.Kernel = strings.TrimSpace(string(b))
+	}
+	if glider != "" {
+		f.Glider = gliderVersion(glider)
+	}
+	if haproxy != "" {
+		f.HAProxy = firstLine(haproxy, "-v")
 	}
 	if dante != "" {
 		f.Dante = firstLine(dante, "-v")
@@ -287,6 +351,29 @@ func machineFacts(sockd, dante string) facts {
 		f.NoFile = rl.Cur
 	}
 	return f
+}
+
+// gliderVersion is the version line of glider's usage text ("glider
+// 0.17.0, https://..."), which has no version flag, with the Go release
+// and the commit (when its build recorded them) of the binary.
+func gliderVersion(bin string) string {
+	out, _ := exec.Command(bin, "-h").CombinedOutput()
+	v := "glider"
+	for _, l := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(l, "glider ") {
+			v, _, _ = strings.Cut(strings.TrimSpace(l), " (")
+			break
+		}
+	}
+	if bi, err := buildinfo.ReadFile(bin); err == nil {
+		v += ", built with " + bi.GoVersion
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				v += ", commit " + s.Value
+			}
+		}
+	}
+	return v
 }
 
 // firstLine runs bin with args and returns the first line it prints.
@@ -325,12 +412,12 @@ func benchMain(args []string) int {
 	stopOnSignal(e)
 
 	start := time.Now()
-	r := &runner{env: e, set: set, sockd: o.sockd, dante: o.dante}
+	r := &runner{env: e, set: set, sockd: o.sockd, dante: o.dante, glider: o.glider, haproxy: o.haproxy}
 	if err := r.prepare(); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	rep := report{Facts: machineFacts(r.sockd, r.dante), Settings: set}
+	rep := report{Facts: machineFacts(r.sockd, r.glider, r.haproxy, r.dante), Settings: set}
 	rep.Paths, err = r.all()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -368,8 +455,24 @@ func (r *runner) prepare() error {
 	if r.dante != "" {
 		if _, err := os.Stat(r.dante); err != nil {
 			fmt.Fprintf(os.Stderr, "bench: Dante left out: %v\n", err)
+			r.leaveOut(pathDante, err.Error())
 			r.dante = ""
 		}
+	}
+	if r.glider != "" {
+		if _, err := os.Stat(r.glider); err != nil {
+			fmt.Fprintf(os.Stderr, "bench: glider left out: %v\n", err)
+			r.leaveOut(pathGlider, err.Error())
+			r.glider = ""
+		}
+	}
+	if r.haproxy != "" {
+		bin, err := exec.LookPath(r.haproxy)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "bench: HAProxy left out: %v\n", err)
+			r.leaveOut(pathHAProxy, err.Error())
+		}
+		r.haproxy = bin
 	}
 	return nil
 }
@@ -381,9 +484,19 @@ func (r *runner) all() ([]pathResult, error) {
 	if !r.set.Quick {
 		waitTimeWait()
 	}
+	// glider goes after Dante: its connection-rate runs leave TIME_WAIT
+	// states on the client's ephemeral ports (see clientClosesFirst),
+	// which Dante, binding its outbound sockets to port 0, would have to
+	// avoid.
 	names := []string{pathDirect, pathSockd}
+	if r.haproxy != "" {
+		names = append(names, pathHAProxy)
+	}
 	if r.dante != "" {
 		names = append(names, pathDante)
+	}
+	if r.glider != "" {
+		names = append(names, pathGlider)
 	}
 	if r.set.Chains {
 		names = append(names, path1Hop, path2Hops)
@@ -399,8 +512,14 @@ func (r *runner) all() ([]pathResult, error) {
 			r.idle(&out[i])
 		}
 	}
+	if r.glider == "" {
+		out = append(out, pathResult{Name: pathGlider, Skipped: r.leftOutBecause(pathGlider, "no -glider binary given")})
+	}
+	if r.haproxy == "" {
+		out = append(out, pathResult{Name: pathHAProxy, Skipped: r.leftOutBecause(pathHAProxy, "-haproxy ''")})
+	}
 	if r.dante == "" {
-		out = append(out, pathResult{Name: pathDante, Skipped: "left out (-dante '')"})
+		out = append(out, pathResult{Name: pathDante, Skipped: r.leftOutBecause(pathDante, "-dante ''")})
 	}
 	if !r.set.Chains {
 		for _, n := range []string{path1Hop, path2Hops} {
@@ -408,6 +527,23 @@ func (r *runner) all() ([]pathResult, error) {
 		}
 	}
 	return out, nil
+}
+
+// leaveOut records why path name is left out, for the report.
+func (r *runner) leaveOut(name, why string) {
+	if r.leftOut == nil {
+		r.leftOut = map[string]string{}
+	}
+	r.leftOut[name] = why
+}
+
+// leftOutBecause is the Skipped text of a path left out: the reason
+// recorded by leaveOut, else flag (the option that left it out).
+func (r *runner) leftOutBecause(name, flag string) string {
+	if why, ok := r.leftOut[name]; ok {
+		return "left out: " + why
+	}
+	return "left out (" + flag + ")"
 }
 
 // waitTimeWait lets TIME_WAIT sockets left by an earlier run expire (at

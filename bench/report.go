@@ -38,10 +38,11 @@ func newCell(vals []float64) cell {
 }
 
 // nPaths is the number of paths a row has a cell for.
-const nPaths = 5
+const nPaths = 7
 
-// row is one metric across the paths: direct, sockd, Dante, and the sockd
-// chains. Rows with chain set are also in the table of the chains.
+// row is one metric across the paths: direct, sockd, its peers (glider,
+// HAProxy, Dante), and the sockd chains. Rows with chain set are also in
+// the table of the chains.
 type row struct {
 	metric string
 	cells  [nPaths]cell
@@ -53,16 +54,55 @@ type row struct {
 }
 
 // pathNames are the paths in cell order.
-var pathNames = [nPaths]string{pathDirect, pathSockd, pathDante, path1Hop, path2Hops}
+var pathNames = [nPaths]string{pathDirect, pathSockd, pathGlider, pathHAProxy, pathDante, path1Hop, path2Hops}
 
 // Cell indices.
 const (
 	colDirect = iota
 	colSockd
+	colGlider
+	colHAProxy
 	colDante
 	col1Hop
 	col2Hops
 )
+
+// peerCols are the other servers sockd is compared with, in the order of
+// the table's columns.
+var peerCols = []int{colGlider, colHAProxy, colDante}
+
+// colTitles are the paths' names in the tables' headers.
+var colTitles = [nPaths]string{"direct", "sockd", "glider", "HAProxy", "dante", "sockd 1 hop", "sockd 2 hops"}
+
+// ratioPair is a ratio column: the figure of path num over that of den.
+type ratioPair struct{ num, den int }
+
+func (p ratioPair) title() string { return colTitles[p.num] + "/" + colTitles[p.den] }
+
+// key names the ratio in the JSON report, by the paths' names.
+func (p ratioPair) key() string { return pathNames[p.num] + "/" + pathNames[p.den] }
+
+// mainRatios are the ratio columns of the main table for the paths
+// shown: each path to direct, then sockd to each peer.
+func mainRatios(shown []int) []ratioPair {
+	var out []ratioPair
+	for _, c := range shown {
+		if c != colDirect {
+			out = append(out, ratioPair{c, colDirect})
+		}
+	}
+	for _, c := range shown {
+		if slices.Contains(peerCols, c) {
+			out = append(out, ratioPair{colSockd, c})
+		}
+	}
+	return out
+}
+
+// allRatios are the ratios the JSON report gives: those of the main table
+// with every path, and the chains' to sockd.
+var allRatios = append(mainRatios([]int{colDirect, colSockd, colGlider, colHAProxy, colDante, col1Hop, col2Hops}),
+	ratioPair{col1Hop, colSockd}, ratioPair{col2Hops, colSockd})
 
 // byName returns the results of the paths in cell order.
 func byName(paths []pathResult) [nPaths]*pathResult {
@@ -147,7 +187,7 @@ func throughputRows(set settings, ps [nPaths]*pathResult) []row {
 func connRows(set settings, ps [nPaths]*pathResult) []row {
 	var out []row
 	for i, n := range set.Clients {
-		conn := func(f func(connResult) float64) func(*pathResult) []float64 {
+		conn := func(f func(connRun) float64) func(*pathResult) []float64 {
 			return perRound(func(lr loadRound) (float64, bool) {
 				if i < len(lr.Conn) && lr.Conn[i].Conns > 0 {
 					return f(lr.Conn[i]), true
@@ -157,11 +197,13 @@ func connRows(set settings, ps [nPaths]*pathResult) []row {
 		}
 		out = append(out,
 			metric(fmt.Sprintf("conn/s, CONNECT + %d B echo, %d clients", set.EchoSize, n), ps, fmt0,
-				conn(func(c connResult) float64 { return c.Rate })),
+				conn(func(c connRun) float64 { return c.Rate })),
 			metric(fmt.Sprintf("handshake p50 µs, %d clients", n), ps, fmt0,
-				conn(func(c connResult) float64 { return c.P50us })),
+				conn(func(c connRun) float64 { return c.P50us })),
 			metric(fmt.Sprintf("handshake p99 µs, %d clients", n), ps, fmt0,
-				conn(func(c connResult) float64 { return c.P99us })))
+				conn(func(c connRun) float64 { return c.P99us })),
+			metric(fmt.Sprintf("server CPU ms per 1,000 sessions, %d clients ¹", n), ps, fmt1,
+				conn(func(c connRun) float64 { return c.CPUmsPerK })))
 	}
 	return out
 }
@@ -299,16 +341,27 @@ func (r row) text(c cell) string {
 
 // ratio formats a/b of two cells of r, or "–" where either is missing.
 func (r row) ratio(a, b cell) string {
-	if r.noRatio || a.n == 0 || b.n == 0 || b.v == 0 {
+	v, ok := r.ratioValue(a, b)
+	if !ok {
 		return "–"
 	}
-	return fmt.Sprintf("%.2f", a.v/b.v)
+	return fmt.Sprintf("%.2f", v)
 }
 
-// tableRow is a row of the table in the JSON report.
+// ratioValue is a/b of the medians of two cells of r, if both exist.
+func (r row) ratioValue(a, b cell) (float64, bool) {
+	if r.noRatio || a.n == 0 || b.n == 0 || b.v == 0 {
+		return 0, false
+	}
+	return a.v / b.v, true
+}
+
+// tableRow is a row of the table in the JSON report. Ratios are of the
+// medians, keyed "sockd/direct", "sockd/haproxy" and so on (see allRatios).
 type tableRow struct {
 	Metric string                `json:"metric"`
 	Paths  map[string]tableValue `json:"paths"`
+	Ratios map[string]float64    `json:"ratios,omitempty"`
 }
 
 type tableValue struct {
@@ -328,6 +381,14 @@ func tableJSON(rs []row) []tableRow {
 				tr.Paths[pathNames[i]] = tableValue{c.v, c.lo, c.hi, c.n}
 			}
 		}
+		for _, p := range allRatios {
+			if v, ok := r.ratioValue(r.cells[p.num], r.cells[p.den]); ok {
+				if tr.Ratios == nil {
+					tr.Ratios = map[string]float64{}
+				}
+				tr.Ratios[p.key()] = math.Round(v*1000) / 1000
+			}
+		}
 		out = append(out, tr)
 	}
 	return out
@@ -339,26 +400,28 @@ func printReport(w io.Writer, rep report) {
 	fmt.Fprintf(w, "- command: `%s`\n", f.Command)
 	fmt.Fprintf(w, "- machine: nproc %d, kernel %s, %s, RLIMIT_NOFILE %d, load average at start %s\n", f.NProc, f.Kernel, f.Go, f.NoFile, f.LoadAvg)
 	fmt.Fprintf(w, "- sockd: %s\n", f.Sockd)
-	if f.Dante != "" {
-		fmt.Fprintf(w, "- dante: %s\n", f.Dante)
+	ps := byName(rep.Paths)
+	for _, p := range []struct {
+		col  int
+		name string
+	}{{colGlider, f.Glider}, {colHAProxy, f.HAProxy}, {colDante, f.Dante}} {
+		switch {
+		case ps[p.col] != nil && ps[p.col].Skipped != "":
+			fmt.Fprintf(w, "- %s: not measured, %s\n", pathNames[p.col], ps[p.col].Skipped)
+		case p.name != "":
+			fmt.Fprintf(w, "- %s: %s\n", pathNames[p.col], p.name)
+		}
 	}
 	fmt.Fprintf(w, "- started %s, took %.0f s\n\n", f.Started, f.Seconds)
 
-	ps := byName(rep.Paths)
 	set := rep.Settings
-	fmt.Fprintln(w, "| metric | direct | sockd | dante | sockd/direct | dante/direct | sockd/dante |")
-	fmt.Fprintln(w, "|---|---:|---:|---:|---:|---:|---:|")
-	for _, r := range rep.rows {
-		c := r.cells
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", r.metric, r.text(c[colDirect]), r.text(c[colSockd]), r.text(c[colDante]),
-			r.ratio(c[colSockd], c[colDirect]), r.ratio(c[colDante], c[colDirect]), r.ratio(c[colSockd], c[colDante]))
-	}
+	printMain(w, rep.rows, ps)
 	fmt.Fprintln(w)
 	if n := set.Rounds; n > 1 {
 		fmt.Fprintf(w, "Throughput, CPU, connection, UDP and BIND figures are medians of %d interleaved rounds, (lowest–highest) after them; ratios are of medians.\n", n)
 	}
 	fmt.Fprintf(w, "The backend listens on %s (see the chains below); the load client and the proxies are on 127.0.0.1.\n", backendHost)
-	fmt.Fprintln(w, "¹ For direct, the \"server\" is the backend (sink or echo server): the cost of the bare sockets, as a reference.")
+	fmt.Fprintln(w, "¹ For direct, the \"server\" is the backend (sink, echo-once or echo server): the cost of the bare sockets, as a reference.")
 	fmt.Fprintln(w, "Per-session figures are (value with N sessions − value with 0) / N, N being the sessions actually held; marginal ones compare the two counts.")
 	fmt.Fprintf(w, "² SOCKS5 UDP ASSOCIATE, one per association (its control connection held open), each datagram with the RFC 1928 header; one datagram in flight per association, for %v. Direct: the same client on a plain UDP socket to the echo server.\n", set.UDPDuration)
 	if set.UDPBlast > 0 {
@@ -366,9 +429,52 @@ func printReport(w io.Writer, rep report) {
 	}
 	fmt.Fprintf(w, "⁴ SOCKS5 BIND naming 127.0.0.1: from the control connection's connect until the second reply is read, the load client connecting to the bound address as the application server; then %d B there and back; %d set-ups with %d clients, or %v, whichever ends first. Direct: listen on 127.0.0.1:0, connect, accept.\n",
 		set.EchoSize, set.BindMax, set.BindClients, set.BindDuration)
+	fmt.Fprintln(w, "Server CPU ms per 1,000 sessions: the server's CPU time (utime+stime, over its process tree) across a connection-rate run, divided by the sessions completed, × 1,000.")
+	if p := ps[colHAProxy]; p != nil && p.Skipped == "" {
+		fmt.Fprintln(w, "HAProxy: TCP mode, a frontend port per backend service (sink, echo-once, echo), each forwarding to its service: the load client connects to the frontend as if to the backend, with no SOCKS at all, so HAProxy is a ceiling for any relay. Its \"handshake\" is the TCP connect to HAProxy alone (it connects to the backend afterwards), like direct's. No UDP or BIND.")
+	}
+	if p := ps[colGlider]; p != nil && p.Skipped == "" {
+		fmt.Fprintln(w, "glider: SOCKS5 server, no forwarder (it connects direct). It sends the CONNECT success reply before it connects to the destination, so its handshake latency leaves out the outbound connect that sockd's and Dante's include. It does not pass the backend's close on to the client (it waits up to 5 s for the client's side to end), so in its connection-rate runs the client closes as soon as it has the echo rather than waiting for the end of stream. No BIND (it answers only CONNECT and UDP ASSOCIATE).")
+	}
 	printChains(w, rep)
 	printTargets(w, ps[colSockd])
 	printProblems(w, rep.Paths)
+}
+
+// printMain prints the main table: direct, sockd and the peers that were
+// measured, each to direct, then sockd to each peer.
+func printMain(w io.Writer, rs []row, ps [nPaths]*pathResult) {
+	shown := []int{colDirect, colSockd}
+	for _, c := range peerCols {
+		if ps[c] != nil && ps[c].Skipped == "" {
+			shown = append(shown, c)
+		}
+	}
+	ratios := mainRatios(shown)
+	var head, rule strings.Builder
+	head.WriteString("| metric |")
+	rule.WriteString("|---|")
+	for _, c := range shown {
+		fmt.Fprintf(&head, " %s |", colTitles[c])
+		rule.WriteString("---:|")
+	}
+	for _, p := range ratios {
+		fmt.Fprintf(&head, " %s |", p.title())
+		rule.WriteString("---:|")
+	}
+	fmt.Fprintln(w, head.String())
+	fmt.Fprintln(w, rule.String())
+	for _, r := range rs {
+		var b strings.Builder
+		fmt.Fprintf(&b, "| %s |", r.metric)
+		for _, c := range shown {
+			fmt.Fprintf(&b, " %s |", r.text(r.cells[c]))
+		}
+		for _, p := range ratios {
+			fmt.Fprintf(&b, " %s |", r.ratio(r.cells[p.num], r.cells[p.den]))
+		}
+		fmt.Fprintln(w, b.String())
+	}
 }
 
 // printChains prints the throughput and connection rows of the chain
@@ -392,7 +498,7 @@ func printChains(w io.Writer, rep report) {
 			r.ratio(c[col1Hop], c[colSockd]), r.ratio(c[col2Hops], c[colSockd]))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "sockd 1 hop: client → sockd A → sockd B → backend, A routing every destination through B (-routes, one line \"sockd @=socks5://B ALL 0.0.0.0\"); sockd 2 hops: client → A → B → C → backend, B routing through C likewise. Separate processes, the same sockd.conf and -log-level warn; the last one goes direct.")
+	fmt.Fprintln(w, "sockd 1 hop: client → sockd A → sockd B → backend, A routing every destination through B (-routes, one line \"sockd @=socks5://B ALL 0.0.0.0\"); sockd 2 hops: client → A → B → C → backend, B routing through C likewise. Separate processes, the same sockd.conf and flags (-log-level warn -max-client-sessions 0); the last one goes direct.")
 	fmt.Fprintf(w, "Server CPU of a chain is the sum over all its sockd processes. Measured in the same rounds as the table above, against the same backend on %s (sockd never routes a destination of exactly 127.0.0.1 through a hop).\n", backendHost)
 }
 

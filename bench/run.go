@@ -34,6 +34,14 @@ type settings struct {
 	BindMax      int           `json:"bind_setups"`
 }
 
+// connRun is one connection-rate measurement with the server's CPU.
+type connRun struct {
+	connResult
+	ServerCPU float64 `json:"server_cpu_seconds"`
+	// CPUmsPerK is ServerCPU in ms per 1,000 sessions completed.
+	CPUmsPerK float64 `json:"server_cpu_ms_per_1000_sessions"`
+}
+
 // streamRun is one throughput measurement with the server's CPU.
 type streamRun struct {
 	streamResult
@@ -63,11 +71,11 @@ type idleRun struct {
 }
 
 // loadRound is one round of the load measurements on one path. The chain
-// paths have no UDP and BIND figures.
+// paths and HAProxy have no UDP and BIND figures, glider no BIND ones.
 type loadRound struct {
 	Single streamRun       `json:"single_stream"`
 	Multi  streamRun       `json:"multi_stream"`
-	Conn   []connResult    `json:"conn_rate"`     // one per client count
+	Conn   []connRun       `json:"conn_rate"`     // one per client count
 	UDP    []udpResult     `json:"udp,omitempty"` // one per association count
 	Blast  *udpBlastResult `json:"udp_one_way,omitempty"`
 	Bind   *bindResult     `json:"bind,omitempty"`
@@ -91,21 +99,38 @@ func (p *pathResult) problem(format string, a ...any) {
 
 // runner runs the measurements of one invocation.
 type runner struct {
-	env   *env
-	set   settings
-	sockd string
-	dante string
+	env     *env
+	set     settings
+	sockd   string
+	dante   string
+	glider  string
+	haproxy string
+	leftOut map[string]string // path name → why it is not measured
 }
 
 // Path names. The chain paths are sockd processes routing to each other:
 // the load client talks to the first, the last connects to the backend.
 const (
-	pathDirect = "direct"
-	pathSockd  = "sockd"
-	pathDante  = "dante"
-	path1Hop   = "sockd-1hop"  // client → sockd A → sockd B → backend
-	path2Hops  = "sockd-2hops" // client → A → B → C → backend
+	pathDirect  = "direct"
+	pathSockd   = "sockd"
+	pathGlider  = "glider"
+	pathHAProxy = "haproxy" // plain TCP forwarding, no SOCKS
+	pathDante   = "dante"
+	path1Hop    = "sockd-1hop"  // client → sockd A → sockd B → backend
+	path2Hops   = "sockd-2hops" // client → A → B → C → backend
 )
+
+// hasUDP says whether path name is measured on UDP: not the chains, not
+// HAProxy (TCP only here).
+func hasUDP(name string) bool {
+	return chainLength(name) == 0 && name != pathHAProxy
+}
+
+// hasBind says whether path name is measured on BIND: as UDP, and not
+// glider, which answers no SOCKS5 command but CONNECT and UDP ASSOCIATE.
+func hasBind(name string) bool {
+	return hasUDP(name) && name != pathGlider
+}
 
 // chainLength is the number of sockd processes of a chain path, 0 for the
 // others.
@@ -120,10 +145,16 @@ func chainLength(name string) int {
 }
 
 // startServer starts the proxy of path name, or returns nil for direct.
-func (r *runner) startServer(name string) (*proxy, error) {
+// HAProxy gets a frontend for each TCP service of be that the load uses.
+func (r *runner) startServer(name string, be *backend) (*proxy, error) {
 	switch name {
 	case pathSockd:
 		return r.env.startSockd(r.sockd)
+	case pathGlider:
+		return r.env.startGlider(r.glider)
+	case pathHAProxy:
+		return r.env.startHAProxy(r.haproxy, map[string]string{
+			"sink": be.sink, "echo": be.echo, "once": be.once})
 	case pathDante:
 		return r.env.startDante(r.dante)
 	}
@@ -133,12 +164,32 @@ func (r *runner) startServer(name string) (*proxy, error) {
 // pathServer is what the load of one path goes through: nothing
 // (direct), one proxy, or the sockd processes of a chain, front first.
 type pathServer struct {
-	addr  string // where the load client connects; "" for direct
+	addr  string            // SOCKS server the load client talks to; "" for direct and HAProxy
+	fwd   map[string]string // HAProxy: backend address → its frontend
 	procs []*proxy
 }
 
+// route returns the SOCKS server ("" for none) and the address the load
+// client connects to for backend service target: through HAProxy, its
+// frontend for target, with no SOCKS; otherwise target itself, through
+// the SOCKS server if there is one.
+func (ps *pathServer) route(target string) (proxyAddr, dst string) {
+	if ps.fwd != nil {
+		return "", ps.fwd[target]
+	}
+	return ps.addr, target
+}
+
+// serverPath wraps a single proxy (or none, for direct) as a pathServer.
+func serverPath(px *proxy) *pathServer {
+	if px == nil {
+		return &pathServer{}
+	}
+	return &pathServer{addr: px.addr, fwd: px.fwd, procs: []*proxy{px}}
+}
+
 // startPath starts the servers of path name.
-func (r *runner) startPath(name string) (*pathServer, error) {
+func (r *runner) startPath(name string, be *backend) (*pathServer, error) {
 	if n := chainLength(name); n > 0 {
 		procs, err := r.env.startChain(r.sockd, name, n)
 		if err != nil {
@@ -146,11 +197,11 @@ func (r *runner) startPath(name string) (*pathServer, error) {
 		}
 		return &pathServer{addr: procs[0].addr, procs: procs}, nil
 	}
-	px, err := r.startServer(name)
-	if err != nil || px == nil {
+	px, err := r.startServer(name, be)
+	if err != nil {
 		return &pathServer{}, err
 	}
-	return &pathServer{addr: px.addr, procs: []*proxy{px}}, nil
+	return serverPath(px), nil
 }
 
 // pids are the processes whose CPU is the path's server CPU: the proxies
@@ -190,7 +241,7 @@ func (r *runner) load(names []string, be *backend) []pathResult {
 	servers := make([]*pathServer, len(names))
 	for i, name := range names {
 		res[i].Name = name
-		ps, err := r.startPath(name)
+		ps, err := r.startPath(name, be)
 		if err != nil {
 			res[i].Skipped = err.Error()
 			logf("%s: not measured: %v", name, err)
@@ -219,17 +270,19 @@ func (r *runner) loadRound(res *pathResult, ps *pathServer, be *backend, round i
 	var lr loadRound
 	logf("round %d/%d, %s: single stream, %s", round, r.set.Rounds, res.Name, sizeStr(r.set.SingleBytes))
 	before := perProcessCPU(ps.procs)
-	lr.Single = r.stream(res, measured, proxyAddr, be.sink, 1, r.set.SingleBytes)
+	viaProxy, sink := ps.route(be.sink)
+	lr.Single = r.stream(res, measured, viaProxy, sink, 1, r.set.SingleBytes)
 	if len(ps.procs) > 1 && streamOK(lr.Single) {
 		checkChainUsed(res, ps.procs, before)
 	}
 	logf("round %d/%d, %s: %d streams, %s each", round, r.set.Rounds, res.Name, r.set.MultiStreams, sizeStr(r.set.MultiBytes))
-	lr.Multi = r.stream(res, measured, proxyAddr, be.sink, r.set.MultiStreams, r.set.MultiBytes)
+	lr.Multi = r.stream(res, measured, viaProxy, sink, r.set.MultiStreams, r.set.MultiBytes)
+	viaProxy, once := ps.route(be.once)
 	for _, n := range r.set.Clients {
 		logf("round %d/%d, %s: connections, %d clients, %v", round, r.set.Rounds, res.Name, n, r.set.ConnDuration)
-		lr.Conn = append(lr.Conn, r.connRate(res, proxyAddr, be.once, n))
+		lr.Conn = append(lr.Conn, r.connRate(res, measured, viaProxy, once, n))
 	}
-	if chainLength(res.Name) > 0 {
+	if !hasUDP(res.Name) {
 		return lr
 	}
 	for _, n := range r.set.UDPAssocs {
@@ -239,6 +292,9 @@ func (r *runner) loadRound(res *pathResult, ps *pathServer, be *backend, round i
 	if r.set.UDPBlast > 0 {
 		logf("round %d/%d, %s: UDP one way, %v", round, r.set.Rounds, res.Name, r.set.UDPBlast)
 		lr.Blast = r.udpBlast(res, proxyAddr, be.udpSink)
+	}
+	if !hasBind(res.Name) {
+		return lr
 	}
 	logf("round %d/%d, %s: BIND, %d clients, %d set-ups", round, r.set.Rounds, res.Name, r.set.BindClients, r.set.BindMax)
 	lr.Bind = r.bind(res, proxyAddr)
@@ -313,21 +369,40 @@ func (r *runner) stream(res *pathResult, measured []int, proxyAddr, sink string,
 	return run
 }
 
-// connRate runs the connection-rate client with n concurrent clients.
-func (r *runner) connRate(res *pathResult, proxyAddr, once string, n int) connResult {
+// connRate runs the connection-rate client with n concurrent clients,
+// and the server's CPU across it. Through glider the client closes first
+// (see clientClosesFirst).
+func (r *runner) connRate(res *pathResult, measured []int, proxyAddr, once string, n int) connRun {
+	args := []string{"-target", once, "-proxy", proxyAddr, "-clients", strconv.Itoa(n),
+		"-duration", r.set.ConnDuration.String(), "-size", strconv.Itoa(r.set.EchoSize)}
+	if clientClosesFirst(res.Name) {
+		args = append(args, "-closefirst")
+	}
+	before := sampleAll(measured)
 	var cr connResult
-	err := r.client(&cr, r.set.ConnDuration+opTimeout+30*time.Second, "connrate",
-		"-target", once, "-proxy", proxyAddr, "-clients", strconv.Itoa(n),
-		"-duration", r.set.ConnDuration.String(), "-size", strconv.Itoa(r.set.EchoSize))
+	err := r.client(&cr, r.set.ConnDuration+opTimeout+30*time.Second, "connrate", args...)
+	after := sampleAll(measured)
 	if err != nil {
 		res.problem("connections with %d clients: %v", n, err)
-		return connResult{Clients: n}
+		return connRun{connResult: connResult{Clients: n}}
 	}
 	if cr.Errors > 0 {
 		res.problem("connections with %d clients: %d failed, first: %s", n, cr.Errors, cr.FirstError)
 	}
-	return cr
+	run := connRun{connResult: cr, ServerCPU: after.CPU - before.CPU}
+	if cr.Conns > 0 {
+		run.CPUmsPerK = run.ServerCPU * 1000 / float64(cr.Conns) * 1000
+	}
+	return run
 }
+
+// clientClosesFirst says whether the connection-rate client closes as soon
+// as it has read the echo on path name, rather than waiting for the end of
+// stream. Only through glider: when the backend closes, glider does not
+// pass the close on (no shutdown, no close) but waits for the other
+// direction to end, for up to 5 s (a read deadline in its relay), so that
+// a client waiting for the end of stream would measure that wait.
+func clientClosesFirst(name string) bool { return name == pathGlider }
 
 // udp runs the UDP request-response client with n associations.
 func (r *runner) udp(res *pathResult, proxyAddr, echo string, n int) udpResult {
@@ -404,20 +479,21 @@ func (r *runner) idle(res *pathResult) {
 		return
 	}
 	defer be.stop()
-	px, err := r.startServer(res.Name)
+	px, err := r.startServer(res.Name, be)
 	if err != nil {
 		res.Idle.Error = err.Error()
 		res.problem("idle: %v", err)
 		return
 	}
-	measured, proxyAddr := be.child, ""
+	measured := be.child
 	if px != nil {
 		defer r.stopServer(res, px, "idle run")
-		measured, proxyAddr = px.child, px.addr
+		measured = px.child
 	}
+	proxyAddr, echo := serverPath(px).route(be.echo)
 	time.Sleep(r.set.Settle)
 	res.Idle.Base = sample(measured.pid())
-	if err := r.idleSteps(res, measured, be, proxyAddr); err != nil {
+	if err := r.idleSteps(res, measured, be, proxyAddr, echo); err != nil {
 		res.Idle.Error = err.Error()
 		res.problem("idle: %v", err)
 	}
@@ -425,13 +501,13 @@ func (r *runner) idle(res *pathResult) {
 
 // idleSteps drives the idle client through its counts, sampling the
 // server after each step has settled.
-func (r *runner) idleSteps(res *pathResult, measured *child, be *backend, proxyAddr string) error {
+func (r *runner) idleSteps(res *pathResult, measured *child, be *backend, proxyAddr, echo string) error {
 	counts := make([]string, len(r.set.IdleCounts))
 	for i, n := range r.set.IdleCounts {
 		counts[i] = strconv.Itoa(n)
 	}
 	c, err := r.env.start("client-idle", true, r.env.self, "client", "idle",
-		"-target", be.echo, "-proxy", proxyAddr, "-counts", strings.Join(counts, ","),
+		"-target", echo, "-proxy", proxyAddr, "-counts", strings.Join(counts, ","),
 		"-timeout", r.set.IdleLimit.String())
 	if err != nil {
 		return err

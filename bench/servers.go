@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -267,10 +269,14 @@ func (e *env) startBackend(bufSize, onceSize int) (*backend, error) {
 	return &backend{child: c, sink: f[0], echo: f[1], once: f[2], udpEcho: f[3], udpSink: f[4]}, nil
 }
 
-// proxy is a running SOCKS server under test.
+// proxy is a running server under test: a SOCKS server listening on
+// addr, or (HAProxy) a TCP forwarder with one frontend per backend
+// service, fwd mapping each backend address to the frontend that forwards
+// to it (addr is then empty).
 type proxy struct {
 	*child
 	addr string
+	fwd  map[string]string
 }
 
 // freePort returns a loopback address whose port was free a moment ago.
@@ -334,9 +340,15 @@ func waitListening(c *child, addr string, d time.Duration) error {
 
 const sockdConf = "permit 127.0.0.0 255.0.0.0\n"
 
+// sockdArgs are sockd's flags besides -config and -listen (and a chain's
+// -routes). -max-client-sessions 0 lifts the per-client cap, which by
+// default is a tenth of what the fd limit allows (996 here): all the load
+// comes from 127.0.0.1, and the idle runs hold up to 9,900 sessions.
+var sockdArgs = []string{"-log-level", "warn", "-max-client-sessions", "0"}
+
 func (e *env) startSockd(bin string) (*proxy, error) {
 	return e.startProxy("sockd", sockdConf,
-		bin, "-config", "{conf}", "-listen", "{addr}", "-log-level", "warn")
+		append([]string{bin, "-config", "{conf}", "-listen", "{addr}"}, sockdArgs...)...)
 }
 
 // startChain starts the n sockd processes of a chain path, all with the
@@ -356,7 +368,7 @@ func (e *env) startChain(bin, name string, n int) ([]*proxy, error) {
 	}
 	for i := n - 1; i >= 0; i-- {
 		pname := fmt.Sprintf("%s-%c", name, 'a'+i)
-		argv := []string{bin, "-config", "{conf}", "-listen", "{addr}", "-log-level", "warn"}
+		argv := append([]string{bin, "-config", "{conf}", "-listen", "{addr}"}, sockdArgs...)
 		if i < n-1 {
 			routes := filepath.Join(e.dir, pname+".routes")
 			line := fmt.Sprintf("sockd @=socks5://%s ALL 0.0.0.0\n", procs[i+1].addr)
@@ -401,6 +413,87 @@ socks pass { from: 127.0.0.0/8 to: 127.0.0.0/8 command: bindreply udpreply }
 func (e *env) startDante(bin string) (*proxy, error) {
 	return e.startProxy("dante", danteConf,
 		bin, "-f", "{conf}", "-N", "1", "-p", "{dir}/danted.pid")
+}
+
+// startGlider runs glider as a SOCKS5 server on a loopback port, without
+// forwarders (it connects direct) and so without health checks, which
+// "-check disable" makes sure of; -verbose is off by default, so it logs
+// nothing per connection. It also serves SOCKS5 UDP on the same port. It
+// takes no config file (the empty one startProxy writes goes unused).
+func (e *env) startGlider(bin string) (*proxy, error) {
+	return e.startProxy("glider", "",
+		bin, "-listen", "socks5://{addr}", "-check", "disable")
+}
+
+// haproxyConf is HAProxy's configuration, TCP mode, one frontend per
+// backend service, "{frontends}" standing for them. No logging (no "log"
+// line at all), no health checks (no "check" on the server), balance
+// first with a single server, two threads (one per core here), timeouts
+// long enough that nothing is cut. maxconn is as high as the 20,000-fd
+// limit allows (HAProxy cannot raise it here, and refuses to start if
+// maxconn does not fit): two fds per connection, plus 16 splice pipes
+// (maxpipes; by default it would reserve maxconn/4 of them). It splices
+// both ways (splice-request, splice-response), as sockd and glider do:
+// that cost it about 0.55 s of CPU per GiB on one stream here, against
+// about 1 s with splice-auto or no splicing at all. With its pipes all in
+// use it falls back to recv and send.
+const haproxyConf = `global
+    nbthread 2
+    maxconn 9950
+    maxpipes 16
+
+defaults
+    mode tcp
+    maxconn 9950
+    timeout connect 10s
+    timeout client 1h
+    timeout server 1h
+    option splice-request
+    option splice-response
+{frontends}`
+
+// haproxyFrontend is one frontend and its backend of haproxyConf.
+const haproxyFrontend = `
+frontend %[1]s
+    bind %[2]s
+    default_backend %[1]s
+
+backend %[1]s
+    balance first
+    server %[1]s %[3]s
+`
+
+// startHAProxy runs HAProxy in the foreground (-db) with haproxyConf, a
+// frontend on a free loopback port for each of targets (name → backend
+// address), and waits until all of them accept connections.
+func (e *env) startHAProxy(bin string, targets map[string]string) (*proxy, error) {
+	names := slices.Sorted(maps.Keys(targets))
+	fwd := map[string]string{}
+	var fronts strings.Builder
+	for _, name := range names {
+		addr, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		fwd[targets[name]] = addr
+		fmt.Fprintf(&fronts, haproxyFrontend, name, addr, targets[name])
+	}
+	conf := filepath.Join(e.dir, "haproxy.conf")
+	text := strings.ReplaceAll(haproxyConf, "{frontends}", fronts.String())
+	if err := os.WriteFile(conf, []byte(text), 0o644); err != nil {
+		return nil, err
+	}
+	c, err := e.start("haproxy", false, bin, "-f", conf, "-db")
+	if err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		if err := waitListening(c, fwd[targets[name]], 15*time.Second); err != nil {
+			c.stop()
+			return nil, err
+		}
+	}
+	return &proxy{child: c, fwd: fwd}, nil
 }
 
 // checkSockdConfig runs "sockd check" on the harness's config.
