@@ -93,11 +93,19 @@ func benchRuleset(tb testing.TB, kind string, n int) *Ruleset {
 }
 
 // BenchmarkDecide decides a request that only the last rule matches.
-func BenchmarkDecide(b *testing.B) {
+func BenchmarkDecide(b *testing.B) { benchDecide(b, func(rs *Ruleset) *Ruleset { return rs }) }
+
+// BenchmarkDecideScan does the same by trying every rule in turn, as
+// Decide did before it had an index, for comparison within one run.
+func BenchmarkDecideScan(b *testing.B) {
+	benchDecide(b, func(rs *Ruleset) *Ruleset { return withIndex(rs, false) })
+}
+
+func benchDecide(b *testing.B, how func(*Ruleset) *Ruleset) {
 	for _, kind := range []string{"addr", "name", "name-ptr", "user"} {
 		for _, n := range []int{10, 1000, 10000} {
 			b.Run(fmt.Sprintf("%s/%d", kind, n), func(b *testing.B) {
-				rs := benchRuleset(b, kind, n)
+				rs := how(benchRuleset(b, kind, n))
 				q := benchQuery(kind)
 				ctx := context.Background()
 				want := fmt.Sprintf("bench.conf:%d", n)
@@ -114,7 +122,8 @@ func BenchmarkDecide(b *testing.B) {
 }
 
 // benchFile is a sockd.conf of n lines in the style of a large site: a
-// mix of address, name and user rules, comments and a few blank lines.
+// mix of address, name and user rules, comments, a few blank lines and
+// some shadowed rules.
 func benchFile(n int) string {
 	var b strings.Builder
 	b.WriteString("# generated\n#NO_IDENTD: logger -t sockd no identd on %A\n")
@@ -140,7 +149,17 @@ func benchFile(n int) string {
 		case 8:
 			fmt.Fprintf(&b, "permit 10.%d.%d.%d/32 203.0.113.0/24 gt 1023\n", hi, lo, i%251)
 		case 9:
-			b.WriteString("\n")
+			// Now and then a rule that an earlier one shadows: the
+			// duplicate of the case 1 line above, or a part of it.
+			j := i - 8
+			switch i % 100 {
+			case 49:
+				fmt.Fprintf(&b, "permit 10.%d.%d.128 255.255.255.128 172.16.%d.0 255.255.255.0 eq %d\n", j>>8&0xff, j&0xff, j&0xff, 1000+j%1000)
+			case 99:
+				fmt.Fprintf(&b, "permit 10.%d.%d.0 255.255.255.0 172.16.%d.0 255.255.255.0 eq %d\n", j>>8&0xff, j&0xff, j&0xff, 1000+j%1000)
+			default:
+				b.WriteString("\n")
+			}
 		}
 	}
 	return b.String()

@@ -85,6 +85,9 @@ func Compile(f *grammar.File, opt Options) (*Ruleset, error) {
 		return nil, err
 	}
 	checkShadowed(rs)
+	if len(rs.rules) >= indexMin {
+		rs.idx = buildIndex(rs.rules)
+	}
 	rs.Warnings.Sort()
 	for name := range c.userFiles {
 		rs.files = append(rs.files, name)

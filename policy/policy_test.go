@@ -106,25 +106,30 @@ func TestDecide(t *testing.T) {
 				}
 			}
 			dns := parseDNS(t, sections["dns"])
-			n := 0
-			for i, line := range strings.Split(sections["queries"], "\n") {
-				line = strings.TrimSpace(line)
-				if line == "" || line[0] == '#' {
-					continue
+			// Every query is decided by trying each rule in turn and
+			// through an index, whatever Compile chose for this size.
+			for _, how := range []string{"scan", "index"} {
+				rs := withIndex(rs, how == "index")
+				n := 0
+				for i, line := range strings.Split(sections["queries"], "\n") {
+					line = strings.TrimSpace(line)
+					if line == "" || line[0] == '#' {
+						continue
+					}
+					n++
+					fields, want, ok := strings.Cut(line, "=>")
+					if !ok {
+						t.Fatalf("queries line %d has no =>", i+1)
+					}
+					q := parseQuery(t, fields, dns)
+					d := rs.Decide(context.Background(), q)
+					if got := describeDecision(&d, strings.Fields(want)); got != strings.TrimSpace(want) {
+						t.Errorf("%s: queries line %d: %s\n got: %s\nwant: %s", how, i+1, strings.TrimSpace(fields), got, strings.TrimSpace(want))
+					}
 				}
-				n++
-				fields, want, ok := strings.Cut(line, "=>")
-				if !ok {
-					t.Fatalf("queries line %d has no =>", i+1)
+				if n == 0 {
+					t.Fatal("no queries")
 				}
-				q := parseQuery(t, fields, dns)
-				d := rs.Decide(context.Background(), q)
-				if got := describeDecision(&d, strings.Fields(want)); got != strings.TrimSpace(want) {
-					t.Errorf("queries line %d: %s\n got: %s\nwant: %s", i+1, strings.TrimSpace(fields), got, strings.TrimSpace(want))
-				}
-			}
-			if n == 0 {
-				t.Fatal("no queries")
 			}
 		})
 	}

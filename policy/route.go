@@ -162,7 +162,7 @@ func (t *routeTable) first(ctx context.Context, q *Query, user string, dst netip
 				continue
 			}
 		}
-		if matchDst(ctx, &r.to, q, dst) {
+		if matchDst(ctx, &r.to, q, dst, nil) {
 			return r
 		}
 	}

@@ -17,6 +17,7 @@ type Ruleset struct {
 	rules      []rule
 	noIdentd   *Hook
 	badID      *Hook
+	idx        *index      // nil: every rule is tried in turn
 	routes     *routeTable // nil: everything permitted goes direct
 	interfaces *Interfaces
 	files      []string
@@ -230,64 +231,94 @@ func (rs *Ruleset) access(ctx context.Context, q *Query, resolve bool) Decision 
 }
 
 // decideOne evaluates the rules for one destination address (invalid when
-// there is none: a name that is not resolved).
+// there is none: a name that is not resolved). With an index, only the
+// rules it names as candidates are tried, in file order; the rest cannot
+// match (see index). Either way the first rule that matches decides.
 func (rs *Ruleset) decideOne(ctx context.Context, q *Query, dst netip.Addr) Decision {
-	for i := range rs.rules {
-		r := &rs.rules[i]
-		if q.AnyDestination {
-			if r.deny && (r.hasTo || r.port.n != 0) || !r.matchSource(ctx, q) {
-				continue
-			}
-		} else if !r.port.match(q.Port) || !r.matchHosts(ctx, q, dst) {
-			continue
-		}
-		// The user this rule compares (sockd.conf(5), Users).
-		user := q.User
-		var d Decision
-		if q.Source == UserNone {
-			user = ""
-			if r.identOn() && !r.deny && r.users != nil {
-				id := d.ident(ctx, q)
-				if id.Down {
-					if r.ident == grammar.IdentStrict {
-						return rs.identDown(d, r)
-					}
-					continue // lenient: no user known, so the list cannot match
-				}
-				user = id.User
-			}
-		}
-		if r.users != nil {
-			if _, ok := r.users[user]; !ok || user == "" {
-				continue
-			}
-		}
-		d.Rule, d.User = r.pos, user
-		if r.deny {
-			d.Action, d.Reply, d.Reason = grammar.Deny, Rejected, "denied by rule"
-			d.addHook(r.hook)
+	var d Decision
+	var lk lookups
+	from := 0
+	// A request without a destination yet matches permit rules on their
+	// source alone, past the tests the index files most rules under: it
+	// tries every rule (once per UDP association, not per datagram).
+	if rs.idx != nil && !q.AnyDestination {
+		var decided bool
+		if decided, from = rs.decideIndexed(ctx, q, dst, &lk, &d); decided {
 			return d
 		}
-		if r.identOn() {
-			id := d.ident(ctx, q)
-			switch {
-			case id.Down && r.ident == grammar.IdentStrict:
-				return rs.identDown(d, r)
-			case id.Down:
-				d.addHook(rs.noIdentd)
-			case q.Source == UserNone && r.users == nil:
-				d.User = id.User // the identd answer is the user
-			case id.User != user:
-				d.Action, d.Reply, d.Reason = grammar.Deny, IdentMismatch, "identd reports another user"
-				d.addHook(rs.badID)
-				return d
-			}
+	}
+	for i := from; i < len(rs.rules); i++ {
+		r := &rs.rules[i]
+		if r.admits(ctx, q, dst, &lk) && rs.judge(ctx, q, r, &d) {
+			return d
 		}
-		d.Action, d.Reply, d.Reason = grammar.Permit, Granted, "permitted by rule"
-		d.addHook(r.hook)
-		return d
 	}
 	return Decision{Action: grammar.Deny, Reply: Rejected, Reason: "no rule matched", User: q.User}
+}
+
+// admits tests a rule's port, source and destination: numbers first,
+// names (which may need a reverse lookup) only when the numbers pass.
+func (r *rule) admits(ctx context.Context, q *Query, dst netip.Addr, lk *lookups) bool {
+	if q.AnyDestination {
+		return !(r.deny && (r.hasTo || r.port.n != 0)) && r.matchSource(ctx, q, lk)
+	}
+	return r.port.match(q.Port) && r.matchHosts(ctx, q, dst, lk)
+}
+
+// judge finishes a rule that admits q: its user list and ident mode. When
+// the rule decides, judge sets *out and reports true; false means the
+// next rule is tried.
+func (rs *Ruleset) judge(ctx context.Context, q *Query, r *rule, out *Decision) bool {
+	// The user this rule compares (sockd.conf(5), Users).
+	user := q.User
+	var d Decision
+	if q.Source == UserNone {
+		user = ""
+		if r.identOn() && !r.deny && r.users != nil {
+			id := d.ident(ctx, q)
+			if id.Down {
+				if r.ident == grammar.IdentStrict {
+					*out = rs.identDown(d, r)
+					return true
+				}
+				return false // lenient: no user known, so the list cannot match
+			}
+			user = id.User
+		}
+	}
+	if r.users != nil {
+		if _, ok := r.users[user]; !ok || user == "" {
+			return false
+		}
+	}
+	d.Rule, d.User = r.pos, user
+	if r.deny {
+		d.Action, d.Reply, d.Reason = grammar.Deny, Rejected, "denied by rule"
+		d.addHook(r.hook)
+		*out = d
+		return true
+	}
+	if r.identOn() {
+		id := d.ident(ctx, q)
+		switch {
+		case id.Down && r.ident == grammar.IdentStrict:
+			*out = rs.identDown(d, r)
+			return true
+		case id.Down:
+			d.addHook(rs.noIdentd)
+		case q.Source == UserNone && r.users == nil:
+			d.User = id.User // the identd answer is the user
+		case id.User != user:
+			d.Action, d.Reply, d.Reason = grammar.Deny, IdentMismatch, "identd reports another user"
+			d.addHook(rs.badID)
+			*out = d
+			return true
+		}
+	}
+	d.Action, d.Reply, d.Reason = grammar.Permit, Granted, "permitted by rule"
+	d.addHook(r.hook)
+	*out = d
+	return true
 }
 
 func (rs *Ruleset) identDown(d Decision, r *rule) Decision {
@@ -309,17 +340,49 @@ func (d *Decision) ident(ctx context.Context, q *Query) IdentResult {
 	return d.Ident
 }
 
+// lookups holds the reverse names one evaluation asked for: each is asked
+// at most once, when the first rule that needs it gets that far, and the
+// index narrows the name rules by it from then on.
+type lookups struct {
+	client, dst       string
+	clientSet, dstSet bool
+}
+
+// clientName returns the forward-confirmed name of the client, asking
+// q.ClientName the first time.
+func (lk *lookups) clientName(ctx context.Context, q *Query) string {
+	if lk == nil {
+		return q.ClientName(ctx)
+	}
+	if !lk.clientSet {
+		lk.client, lk.clientSet = q.ClientName(ctx), true
+	}
+	return lk.client
+}
+
+// dstName returns the forward-confirmed name of destination address dst,
+// asking q.DstAddrName the first time.
+func (lk *lookups) dstName(ctx context.Context, q *Query, dst netip.Addr) string {
+	if lk == nil {
+		return q.DstAddrName(ctx, dst)
+	}
+	if !lk.dstSet {
+		lk.dst, lk.dstSet = q.DstAddrName(ctx, dst), true
+	}
+	return lk.dst
+}
+
 // matchSource tests the source alone.
-func (r *rule) matchSource(ctx context.Context, q *Query) bool {
+func (r *rule) matchSource(ctx context.Context, q *Query, lk *lookups) bool {
 	if r.from.kind == grammar.HostAddr {
 		return r.from.matchAddr(q.Client)
 	}
-	return !r.from.needsName() || q.ClientName != nil && r.from.matchName(q.ClientName(ctx))
+	return !r.from.needsName() || q.ClientName != nil && r.from.matchName(lk.clientName(ctx, q))
 }
 
 // matchHosts tests the source and destination: numbers first, names (which
 // may need a reverse lookup) only when the numbers pass.
-func (r *rule) matchHosts(ctx context.Context, q *Query, dst netip.Addr) bool {
+func (r *rule) matchHosts(ctx context.Context, q *Query, dst netip.Addr, lk *lookups) bool {
 	if r.from.kind == grammar.HostAddr && !r.from.matchAddr(q.Client) {
 		return false
 	}
@@ -327,17 +390,18 @@ func (r *rule) matchHosts(ctx context.Context, q *Query, dst netip.Addr) bool {
 		return false
 	}
 	if r.from.needsName() {
-		if q.ClientName == nil || !r.from.matchName(q.ClientName(ctx)) {
+		if q.ClientName == nil || !r.from.matchName(lk.clientName(ctx, q)) {
 			return false
 		}
 	}
-	return !r.hasTo || !r.to.needsName() || matchDst(ctx, &r.to, q, dst)
+	return !r.hasTo || !r.to.needsName() || matchDst(ctx, &r.to, q, dst, lk)
 }
 
 // matchDst matches a destination against m: a name rule compares the
 // requested name, or for an address the forward-confirmed reverse name; a
-// numeric rule compares the address (invalid for an unresolved name).
-func matchDst(ctx context.Context, m *hostMatch, q *Query, dst netip.Addr) bool {
+// numeric rule compares the address (invalid for an unresolved name). lk
+// memoises the reverse name; nil asks q.DstAddrName every time.
+func matchDst(ctx context.Context, m *hostMatch, q *Query, dst netip.Addr, lk *lookups) bool {
 	if m.kind == grammar.HostAnyName {
 		return q.DstName != "" && !dst.IsValid()
 	}
@@ -348,7 +412,7 @@ func matchDst(ctx context.Context, m *hostMatch, q *Query, dst netip.Addr) bool 
 	case q.DstName != "":
 		return m.matchName(q.DstName)
 	case q.DstAddrName != nil && dst.IsValid():
-		return m.matchName(q.DstAddrName(ctx, dst))
+		return m.matchName(lk.dstName(ctx, q, dst))
 	}
 	return false
 }
