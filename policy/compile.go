@@ -63,8 +63,8 @@ func Compile(f *grammar.File, opt Options) (*Ruleset, error) {
 	if opt.LookupPort == nil {
 		opt.LookupPort = func(s string) (int, error) { return net.LookupPort("tcp", s) }
 	}
-	c := compiler{opt: opt, userFiles: map[string][]string{}}
-	rs := &Ruleset{Warnings: append(grammar.ErrorList(nil), f.Warnings...)}
+	c := compiler{opt: opt, userFiles: map[string][]string{}, services: map[string]int{}}
+	rs := &Ruleset{Warnings: append(grammar.ErrorList(nil), f.Warnings...), rules: make([]rule, 0, len(f.Rules))}
 	for _, gr := range f.Rules {
 		rs.rules = append(rs.rules, c.rule(f.Filename, gr, &rs.Warnings))
 	}
@@ -105,6 +105,7 @@ type compiler struct {
 	opt       Options
 	errs      grammar.ErrorList
 	userFiles map[string][]string // path -> ids, each file read once
+	services  map[string]int      // service name -> port, -1 if unknown
 }
 
 func (c *compiler) rule(filename string, gr *grammar.Rule, warns *grammar.ErrorList) rule {
@@ -131,8 +132,16 @@ func (c *compiler) rule(filename string, gr *grammar.Rule, warns *grammar.ErrorL
 func (c *compiler) port(p *grammar.PortTest) portMatch {
 	lo, hi := p.Lo, p.Hi
 	if p.Service != "" {
-		n, err := c.opt.LookupPort(p.Service)
-		if err != nil || n < 0 || n > 65535 {
+		n, ok := c.services[p.Service]
+		if !ok {
+			// Once per name: with cgo, each lookup is a getaddrinfo call.
+			var err error
+			if n, err = c.opt.LookupPort(p.Service); err != nil || n < 0 || n > 65535 {
+				n = -1
+			}
+			c.services[p.Service] = n
+		}
+		if n < 0 {
 			c.errs.Add(p.PortPos, "port %q is not a number or a tcp service name (see /etc/services)", p.Service)
 		}
 		lo, hi = uint16(n), uint16(n)
