@@ -7,7 +7,8 @@ import (
 )
 
 // benchFile is a sockd.conf of n lines in the style of a large site: a
-// mix of address, name and user rules, comments and a few blank lines.
+// mix of address, name and user rules, comments, a few blank lines and
+// some shadowed rules.
 // policy's benchmarks use the same file.
 func benchFile(n int) string {
 	var b strings.Builder
@@ -34,7 +35,17 @@ func benchFile(n int) string {
 		case 8:
 			fmt.Fprintf(&b, "permit 10.%d.%d.%d/32 203.0.113.0/24 gt 1023\n", hi, lo, i%251)
 		case 9:
-			b.WriteString("\n")
+			// Now and then a rule that an earlier one shadows: the
+			// duplicate of the case 1 line above, or a part of it.
+			j := i - 8
+			switch i % 100 {
+			case 49:
+				fmt.Fprintf(&b, "permit 10.%d.%d.128 255.255.255.128 172.16.%d.0 255.255.255.0 eq %d\n", j>>8&0xff, j&0xff, j&0xff, 1000+j%1000)
+			case 99:
+				fmt.Fprintf(&b, "permit 10.%d.%d.0 255.255.255.0 172.16.%d.0 255.255.255.0 eq %d\n", j>>8&0xff, j&0xff, j&0xff, 1000+j%1000)
+			default:
+				b.WriteString("\n")
+			}
 		}
 	}
 	return b.String()

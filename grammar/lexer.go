@@ -103,17 +103,18 @@ func splitLines(r io.Reader) ([]physLine, error) {
 	if err != nil {
 		return nil, err
 	}
-	var lines []physLine
+	// One string for the file, which the lines share.
+	s := string(b)
+	lines := make([]physLine, 0, bytes.Count(b, []byte{'\n'})+1)
 	off := 0
-	for num := 1; off < len(b); num++ {
-		end := bytes.IndexByte(b[off:], '\n')
+	for num := 1; off < len(s); num++ {
+		end := strings.IndexByte(s[off:], '\n')
 		next := off + end + 1
 		if end < 0 {
-			end = len(b) - off
-			next = len(b)
+			end = len(s) - off
+			next = len(s)
 		}
-		text := string(b[off : off+end])
-		text = strings.TrimSuffix(text, "\r")
+		text := strings.TrimSuffix(s[off:off+end], "\r")
 		lines = append(lines, physLine{text: text, num: num, offset: off})
 		off = next
 	}

@@ -107,14 +107,18 @@ func ParseSockd(filename string, r io.Reader) (*File, error) {
 	}
 	f := &File{Filename: filename}
 	var errs ErrorList
+	var toks []lexer.Token
 	for _, pl := range lines {
 		if tooLong(filename, pl, &errs) || blank(pl.text) {
 			continue
 		}
-		syn, err := parseLine(sockdParser, sockdLexer, filename, pl)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		syn, ok := fastSockdLine(filename, pl, &toks)
+		if !ok {
+			var err *Error
+			if syn, err = parseLine(sockdParser, sockdLexer, filename, pl); err != nil {
+				errs = append(errs, err)
+				continue
+			}
 		}
 		f.addSockdLine(syn, &errs)
 	}
