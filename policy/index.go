@@ -12,7 +12,7 @@ import (
 	"github.com/sockd-ng/sockd/grammar"
 )
 
-// An index narrows the rules that can match a request to a few candidates,
+// index narrows the rules that can match a request to a few candidates,
 // so that a decision against 10,000 rules tries a handful instead of all.
 //
 // Each rule is filed under one of its tests (its dimension): its source
@@ -31,7 +31,9 @@ import (
 // identd or a reverse name is still tried, in order. A rule with a source
 // name is therefore never filed under its destination name, and a rule with
 // any name never under its user list: Decide asks for the name before it
-// tests those.
+// tests those. Nor is a permit line under ?=I or ?=i filed under its user
+// list: for a SOCKS5 client without authentication, its user is identd's
+// answer.
 //
 // A source name, and the destination name of a request given by address,
 // are reverse lookups. Rules filed under such a name are filed a second
@@ -45,7 +47,8 @@ import (
 // matchAddr. Only the maxMasks commonest masks of each family are indexed;
 // rules with rarer masks are filed under another test.
 //
-// An index is built once by Compile and only read afterwards.
+// An index is built once by Compile and only read afterwards, so it is
+// safe for concurrent use; each decision keeps its cursors on its stack.
 type index struct {
 	table              // rules filed under a test that needs no lookup
 	srcNames, dstNames nameIndex

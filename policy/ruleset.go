@@ -12,7 +12,8 @@ import (
 
 // Ruleset is a compiled sockd.conf: immutable, safe for concurrent use.
 // Rules are kept in file order; the first that matches decides; no match
-// denies.
+// denies. From 16 rules on, an index (built by Compile) names the few
+// rules a request can match, which are tried in that order.
 type Ruleset struct {
 	rules      []rule
 	noIdentd   *Hook

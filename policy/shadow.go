@@ -92,7 +92,7 @@ type coverIndex struct {
 	onePort            map[uint16][]int32
 }
 
-// A hostKey is a source or destination test as far as covering goes.
+// hostKey is a source or destination test as far as covering goes.
 // Every test that matches all hosts (ALL, a zero mask, no destination) is
 // the one key {kind: HostAll}; tests compared one by one (srelay.conf's
 // forms, never in a sockd.conf) are {kind: keyOther}.
