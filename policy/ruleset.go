@@ -250,7 +250,14 @@ func (rs *Ruleset) decideOne(ctx context.Context, q *Query, dst netip.Addr) Deci
 	}
 	for i := from; i < len(rs.rules); i++ {
 		r := &rs.rules[i]
-		if r.admits(ctx, q, dst, &lk) && rs.judge(ctx, q, r, &d) {
+		if q.AnyDestination {
+			if !r.admitsAny(ctx, q, &lk) {
+				continue
+			}
+		} else if !r.port.match(q.Port) || !r.matchHosts(ctx, q, dst, &lk) {
+			continue // admits, with the port test inline: most rules end here
+		}
+		if rs.judge(ctx, q, r, &d) {
 			return d
 		}
 	}
@@ -261,15 +268,28 @@ func (rs *Ruleset) decideOne(ctx context.Context, q *Query, dst netip.Addr) Deci
 // names (which may need a reverse lookup) only when the numbers pass.
 func (r *rule) admits(ctx context.Context, q *Query, dst netip.Addr, lk *lookups) bool {
 	if q.AnyDestination {
-		return !(r.deny && (r.hasTo || r.port.n != 0)) && r.matchSource(ctx, q, lk)
+		return r.admitsAny(ctx, q, lk)
 	}
 	return r.port.match(q.Port) && r.matchHosts(ctx, q, dst, lk)
+}
+
+// admitsAny is admits for a request without a destination yet: a permit
+// line on its source alone, a deny line only when it covers every
+// destination and port.
+func (r *rule) admitsAny(ctx context.Context, q *Query, lk *lookups) bool {
+	return !(r.deny && (r.hasTo || r.port.n != 0)) && r.matchSource(ctx, q, lk)
 }
 
 // judge finishes a rule that admits q: its user list and ident mode. When
 // the rule decides, judge sets *out and reports true; false means the
 // next rule is tried.
 func (rs *Ruleset) judge(ctx context.Context, q *Query, r *rule, out *Decision) bool {
+	if r.users != nil && q.Source != UserNone {
+		// The common miss, before d is set up: no lookup comes first.
+		if _, ok := r.users[q.User]; !ok || q.User == "" {
+			return false
+		}
+	}
 	// The user this rule compares (sockd.conf(5), Users).
 	user := q.User
 	var d Decision
