@@ -254,6 +254,17 @@ func (rs *Ruleset) decideOne(ctx context.Context, q *Query, dst netip.Addr) Deci
 			if !r.admitsAny(ctx, q, &lk) {
 				continue
 			}
+			if !r.deny && r.identOn() {
+				// Whether identd agrees is asked when a datagram is
+				// judged by a rule that needs it, not here: this line
+				// may let some datagram through.
+				if r.users != nil && q.Source != UserNone {
+					if _, ok := r.users[q.User]; !ok || q.User == "" {
+						continue
+					}
+				}
+				return Decision{Action: grammar.Permit, Reply: Granted, Rule: r.pos, User: q.User, Reason: "permitted by rule"}
+			}
 		} else if !r.port.match(q.Port) || !r.matchHosts(ctx, q, dst, &lk) {
 			continue // admits, with the port test inline: most rules end here
 		}

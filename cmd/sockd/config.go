@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	htpasswd "github.com/tg123/go-htpasswd"
@@ -249,11 +250,17 @@ type passwords struct {
 	f *htpasswd.File
 }
 
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("sockd timing equaliser"), bcrypt.DefaultCost)
+// dummyHash is made on first use: a bcrypt hash costs tens of
+// milliseconds, which every run without -passwd (sockd check among them)
+// would otherwise pay at start.
+var dummyHash = sync.OnceValue(func() []byte {
+	h, _ := bcrypt.GenerateFromPassword([]byte("sockd timing equaliser"), bcrypt.DefaultCost)
+	return h
+})
 
 func (p *passwords) Match(user, password string) bool {
 	if !p.f.Exists(user) {
-		bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+		bcrypt.CompareHashAndPassword(dummyHash(), []byte(password))
 		return false
 	}
 	return p.f.Match(user, password)

@@ -74,7 +74,12 @@ func startSockd(t *testing.T, args ...string) *sockdProc {
 // this test binary.
 func startBinary(t *testing.T, bin string, args ...string) *sockdProc {
 	t.Helper()
-	want := strings.Count(strings.Join(args, " "), "-listen")
+	want := 0
+	for _, a := range args {
+		if a == "-listen" || a == "--listen" || strings.HasPrefix(a, "-listen=") || strings.HasPrefix(a, "--listen=") {
+			want++
+		}
+	}
 	if want == 0 {
 		args = append(args, "-listen", "127.0.0.1:0")
 		want = 1
