@@ -18,7 +18,7 @@ test:
 # slow to minimise).
 FUZZTIME ?= 30s
 FUZZ_TARGETS := "FuzzParseSockd ./grammar" "FuzzParseSocks ./grammar" "FuzzParseSrelay ./grammar" \
-	"FuzzParseInterfaces ./grammar" "FuzzSOCKS4Request ./relay/internal/wire" \
+	"FuzzParseInterfaces ./grammar" "FuzzSockdFastPath ./grammar" "FuzzSOCKS4Request ./relay/internal/wire" \
 	"FuzzSOCKS5Request ./relay/internal/wire" "FuzzUDPHeader ./relay/internal/wire" \
 	"FuzzReply ./relay/internal/wire" "FuzzIdentReply ./ident"
 fuzz:
