@@ -17,7 +17,7 @@ import (
 
 type fakeServer struct{ sessions, up, down int }
 
-func (f *fakeServer) Sessions() int            { return f.sessions }
+func (f *fakeServer) Sessions() int           { return f.sessions }
 func (f *fakeServer) Bytes() (uint64, uint64) { return uint64(f.up), uint64(f.down) }
 
 // What relay reports comes out in the exposition, under the names and
